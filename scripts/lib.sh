@@ -1,0 +1,35 @@
+# Shared by scripts/demo.sh and scripts/test.sh. Sourced, not run.
+
+# Installs Debian's qemu-guest-agent when qemu-ga is missing (root, or sudo without a
+# password). The tests and the demo need a real agent; without one they fail loudly.
+ensure_qemu_ga() {
+  if qemu_ga_path >/dev/null; then
+    return 0
+  fi
+  echo "qemu-ga not found: installing Debian's qemu-guest-agent" >&2
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      sudo="sudo -n"
+    else
+      echo "error: qemu-guest-agent is not installed and this user cannot install it; run: apt-get install qemu-guest-agent" >&2
+      return 1
+    fi
+  fi
+  # policy-rc.d or no init system: the package's service is not started, which is wanted.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-guest-agent >&2
+  qemu_ga_path >/dev/null || { echo "error: qemu-ga still missing after the install" >&2; return 1; }
+}
+
+# Prints the path of qemu-ga (it lives in /usr/sbin, often not on a user's PATH).
+qemu_ga_path() {
+  local candidate
+  for candidate in "$(command -v qemu-ga 2>/dev/null)" /usr/sbin/qemu-ga /usr/bin/qemu-ga; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}

@@ -1,0 +1,320 @@
+//! The qemu-guest-agent wire protocol (QGA): requests as JSON values, replies parsed from
+//! the lines [`super::framing`] produces. Pure functions, tested without a socket.
+//!
+//! Arguments are always serialized as JSON values, never formatted into strings, so a
+//! command argument with quotes or newlines reaches the guest unchanged.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::framing::{CUT_MARKER, DELIMITER};
+
+/// A command the gateway sends. Only these exist: nothing else can reach the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ping,
+    /// `guest-exec` with output captured.
+    Exec {
+        path: String,
+        args: Vec<String>,
+    },
+    ExecStatus {
+        pid: i64,
+    },
+}
+
+impl Command {
+    /// The agent's name for the command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "guest-ping",
+            Command::Exec { .. } => "guest-exec",
+            Command::ExecStatus { .. } => "guest-exec-status",
+        }
+    }
+
+    /// The request line, with `id` for matching the reply.
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let request = match self {
+            Command::Ping => json!({"execute": "guest-ping", "id": id}),
+            Command::Exec { path, args } => json!({
+                "execute": "guest-exec",
+                "arguments": {
+                    "path": path,
+                    "arg": args,
+                    // A boolean: qemu-ga 7.2 rejects the mode strings of 8.0+.
+                    "capture-output": true,
+                },
+                "id": id,
+            }),
+            Command::ExecStatus { pid } => json!({
+                "execute": "guest-exec-status",
+                "arguments": {"pid": pid},
+                "id": id,
+            }),
+        };
+        let mut line = request.to_string().into_bytes();
+        line.push(b'\n');
+        line
+    }
+}
+
+/// The resync request: `0xFF` (which makes the agent drop any half-parsed input) and
+/// `guest-sync-delimited`, whose reply comes after a `0xFF` of the agent's own.
+pub fn encode_sync(sync_id: u64) -> Vec<u8> {
+    let mut line = vec![DELIMITER];
+    line.extend_from_slice(
+        json!({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+            .to_string()
+            .as_bytes(),
+    );
+    line.push(b'\n');
+    line
+}
+
+/// An id for a resync: random, so that a stale sync reply from an earlier client or
+/// connection is never taken for ours. Kept below 2^53 so any JSON reader holds it exactly.
+pub fn random_sync_id() -> u64 {
+    fastrand::u64(1..(1 << 53))
+}
+
+/// An `{"error": ...}` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub class: String,
+    pub desc: String,
+}
+
+/// A parsed reply line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The echoed request id, when it is one of ours (an unsigned integer).
+    pub id: Option<u64>,
+    pub outcome: Result<Value, ErrorReply>,
+}
+
+/// A line that is not a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unparsable reply: {0}")]
+pub struct Unparsable(pub String);
+
+/// Parses one reply line.
+pub fn parse_reply(line: &[u8]) -> Result<Reply, Unparsable> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| Unparsable(format!("{e} in {}", preview(line))))?;
+    let Value::Object(mut object) = value else {
+        return Err(Unparsable(format!("not an object: {}", preview(line))));
+    };
+    let id = object.get("id").and_then(Value::as_u64);
+    if let Some(value) = object.remove("return") {
+        return Ok(Reply {
+            id,
+            outcome: Ok(value),
+        });
+    }
+    if let Some(error) = object.get("error") {
+        let text = |key: &str| {
+            error
+                .get(key)
+                .and_then(Value::as_str)
+                .map(|s| s.trim_end_matches(CUT_MARKER).to_string())
+                .unwrap_or_default()
+        };
+        return Ok(Reply {
+            id,
+            outcome: Err(ErrorReply {
+                class: text("class"),
+                desc: text("desc"),
+            }),
+        });
+    }
+    Err(Unparsable(format!(
+        "neither return nor error: {}",
+        preview(line)
+    )))
+}
+
+/// A short printable prefix of a line for error messages and logs.
+pub fn preview(line: &[u8]) -> String {
+    const PREVIEW: usize = 120;
+    let text = String::from_utf8_lossy(&line[..line.len().min(PREVIEW)]);
+    let mut shown: String = text
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    if line.len() > PREVIEW {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}
+
+/// Captured output of a guest process: a bounded excerpt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputExcerpt {
+    pub bytes: Vec<u8>,
+    /// The stream was longer than the excerpt, or the agent cut it.
+    pub truncated: bool,
+}
+
+/// A `guest-exec-status` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecStatus {
+    pub exited: bool,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub stdout: OutputExcerpt,
+    pub stderr: OutputExcerpt,
+}
+
+/// Reads the pid from a `guest-exec` reply.
+pub fn parse_exec_started(value: &Value) -> Result<i64, String> {
+    value
+        .get("pid")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| format!("guest-exec reply has no pid: {value}"))
+}
+
+/// Reads a `guest-exec-status` reply, keeping at most `excerpt_bytes` of each stream.
+pub fn parse_exec_status(value: &Value, excerpt_bytes: usize) -> Result<ExecStatus, String> {
+    let exited = value
+        .get("exited")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| format!("guest-exec-status reply has no exited flag: {value}"))?;
+    let stream = |data: &str, truncated: &str| {
+        output_excerpt(
+            value.get(data).and_then(Value::as_str),
+            value.get(truncated).and_then(Value::as_bool) == Some(true),
+            excerpt_bytes,
+        )
+    };
+    Ok(ExecStatus {
+        exited,
+        exit_code: value.get("exitcode").and_then(Value::as_i64),
+        signal: value.get("signal").and_then(Value::as_i64),
+        stdout: stream("out-data", "out-truncated"),
+        stderr: stream("err-data", "err-truncated"),
+    })
+}
+
+/// Decodes the kept prefix of a base64 stream into an excerpt of at most `limit` bytes.
+fn output_excerpt(base64: Option<&str>, agent_truncated: bool, limit: usize) -> OutputExcerpt {
+    let Some(text) = base64 else {
+        return OutputExcerpt {
+            bytes: Vec::new(),
+            truncated: agent_truncated,
+        };
+    };
+    let cut_by_reader = text.ends_with(CUT_MARKER);
+    let text = text.trim_end_matches(CUT_MARKER);
+    // Decode only whole 4-character groups, and no more of them than the excerpt needs.
+    let wanted_chars = limit.div_ceil(3) * 4;
+    let usable = text.len().min(wanted_chars) / 4 * 4;
+    let mut bytes = base64::engine::general_purpose::STANDARD
+        .decode(&text[..usable])
+        .unwrap_or_default();
+    let longer = bytes.len() > limit || usable < text.len() || cut_by_reader;
+    bytes.truncate(limit);
+    OutputExcerpt {
+        bytes,
+        truncated: agent_truncated || longer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_arguments_are_json_values_not_formatted_strings() {
+        let command = Command::Exec {
+            path: "sh".into(),
+            args: vec!["-c".into(), "echo \"a\" 'b'\n\\".into()],
+        };
+        let line = command.encode(7);
+        assert_eq!(line.last(), Some(&b'\n'));
+        let request: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(request["execute"], "guest-exec");
+        assert_eq!(request["id"], 7);
+        assert_eq!(request["arguments"]["arg"][1], "echo \"a\" 'b'\n\\");
+        assert_eq!(request["arguments"]["capture-output"], true);
+    }
+
+    #[test]
+    fn sync_request_starts_with_the_delimiter_byte() {
+        let line = encode_sync(42);
+        assert_eq!(line[0], 0xFF);
+        let request: Value = serde_json::from_slice(&line[1..]).unwrap();
+        assert_eq!(request["execute"], "guest-sync-delimited");
+        assert_eq!(request["arguments"]["id"], 42);
+    }
+
+    #[test]
+    fn replies_carry_their_id_and_outcome() {
+        let ok = parse_reply(br#"{"return": {}, "id": 9}"#).unwrap();
+        assert_eq!(ok.id, Some(9));
+        assert_eq!(ok.outcome, Ok(json!({})));
+        let error = parse_reply(
+            br#"{"error": {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled"}}"#,
+        )
+        .unwrap();
+        assert_eq!(error.id, None);
+        assert_eq!(error.outcome.unwrap_err().class, "CommandNotFound");
+    }
+
+    #[test]
+    fn foreign_ids_are_not_ours() {
+        assert_eq!(
+            parse_reply(br#"{"return": 1, "id": "x"}"#).unwrap().id,
+            None
+        );
+        assert_eq!(parse_reply(br#"{"return": 1, "id": -3}"#).unwrap().id, None);
+    }
+
+    #[test]
+    fn garbage_is_unparsable() {
+        for line in [&b"hello"[..], b"[1]", br#"{"id": 1}"#, b"{\"return\":"] {
+            assert!(parse_reply(line).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn exit_status_with_signal_has_no_exit_code() {
+        let status = parse_exec_status(&json!({"exited": true, "signal": 9}), 16).unwrap();
+        assert_eq!(status.exit_code, None);
+        assert_eq!(status.signal, Some(9));
+    }
+
+    #[test]
+    fn output_is_decoded_and_cut_to_the_excerpt() {
+        let data = base64::engine::general_purpose::STANDARD.encode(b"hello world");
+        let status = parse_exec_status(
+            &json!({"exited": true, "exitcode": 0, "out-data": data, "err-data": data}),
+            5,
+        )
+        .unwrap();
+        assert_eq!(status.stdout.bytes, b"hello");
+        assert!(status.stdout.truncated);
+        let whole = parse_exec_status(
+            &json!({"exited": true, "exitcode": 0, "out-data": data}),
+            64,
+        )
+        .unwrap();
+        assert_eq!(whole.stdout.bytes, b"hello world");
+        assert!(!whole.stdout.truncated);
+        assert!(whole.stderr.bytes.is_empty());
+    }
+
+    #[test]
+    fn a_stream_cut_by_the_reader_or_the_agent_is_truncated() {
+        let data = base64::engine::general_purpose::STANDARD.encode(b"abcdef");
+        let cut = format!("{data}{CUT_MARKER}");
+        let status = parse_exec_status(
+            &json!({"exited": true, "exitcode": 0, "out-data": cut, "err-data": data, "err-truncated": true}),
+            64,
+        )
+        .unwrap();
+        assert_eq!(status.stdout.bytes, b"abcdef");
+        assert!(status.stdout.truncated);
+        assert!(status.stderr.truncated);
+    }
+}

@@ -1,0 +1,201 @@
+//! The command line: `serve`, `check`, `validate`. Every flag also reads
+//! `PROBE_GATEWAY_<FLAG>`; a flag wins over its variable, both win over the config file.
+//!
+//! Exit codes: 0 success, 1 check failed (or the gateway failed at run time), 2 usage or
+//! config error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::time::Instant;
+
+use crate::agent::{AgentAddress, GuestAgent};
+use crate::app::Application;
+use crate::config::{self, LoadError, Overrides, ProbeKind, Settings};
+use crate::probe::Checker;
+use crate::telemetry::{self, LogFormat};
+
+pub const EXIT_CHECK_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "virt-probe-gateway",
+    version,
+    about = "Answers kubelet httpGet probes for a KubeVirt VM by running its exec and guest-ping checks through qemu-guest-agent"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve /ready, /live and /healthz over HTTP.
+    Serve(ServeArgs),
+    /// Run one check once and exit 0 (passed) or 1 (failed); 2 if it is not configured.
+    Check(CheckArgs),
+    /// Validate a config file (or VM manifest) and print a one-line summary.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Config file: gateway config, or a KubeVirt VirtualMachine / VirtualMachineInstance manifest (YAML or JSON).
+    #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Address to listen on [default: [::]:8080, or 0.0.0.0:8080 without IPv6].
+    #[arg(long, env = "PROBE_GATEWAY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The agent: unix:///path or an absolute path.
+    #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
+    pub agent: Option<AgentAddress>,
+    #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds to finish in-flight requests after SIGTERM [default: 5].
+    #[arg(long, env = "PROBE_GATEWAY_SHUTDOWN_GRACE", value_name = "SECONDS")]
+    pub shutdown_grace: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProbeArg {
+    Readiness,
+    Liveness,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Which probe to run.
+    #[arg(value_enum)]
+    pub probe: ProbeArg,
+    #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
+    pub agent: Option<AgentAddress>,
+    #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+fn parse_agent(text: &str) -> Result<AgentAddress, String> {
+    AgentAddress::parse(text)
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(args),
+        Command::Validate(args) => validate(args),
+    }
+}
+
+fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
+    for line in error.to_string().lines() {
+        eprintln!("error: {line}");
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn load_settings(config: &std::path::Path, overrides: Overrides) -> Result<Settings, ExitCode> {
+    let file = config::load(config).map_err(|e| config_error(&e))?;
+    Settings::resolve(file, overrides).map_err(|errors| {
+        config_error(&LoadError::Invalid {
+            path: config.display().to_string(),
+            errors,
+        })
+    })
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let overrides = Overrides {
+        listen: args.listen,
+        agent: args.agent,
+        shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
+    };
+    let settings = match load_settings(&args.config, overrides) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let app = match Application::build(settings) {
+            Ok(app) => app,
+            Err(error) => return config_error(&error),
+        };
+        match app.run_until_stopped().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "the gateway failed");
+                ExitCode::from(EXIT_CHECK_FAILED)
+            }
+        }
+    })
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let kind = match args.probe {
+        ProbeArg::Readiness => ProbeKind::Readiness,
+        ProbeArg::Liveness => ProbeKind::Liveness,
+    };
+    let overrides = Overrides {
+        agent: args.agent,
+        ..Overrides::default()
+    };
+    let settings = match load_settings(&args.config, overrides) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let Some(spec) = settings.probe(kind).cloned() else {
+        eprintln!(
+            "error: {}: {} is not configured",
+            args.config.display(),
+            kind.field()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(EXIT_CHECK_FAILED);
+        }
+    };
+    runtime.block_on(async move {
+        let agent = GuestAgent::spawn(settings.agent.clone(), settings.output_excerpt_bytes);
+        // No liveness grace: a one-off check tells what it finds.
+        let checker = Checker::new(kind, spec, agent.clone(), None);
+        let started = Instant::now();
+        let report = checker.run().await;
+        agent.close().await;
+        if report.passed() {
+            println!("{kind}: ok ({} ms)", started.elapsed().as_millis());
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("{kind}: {}", report.reason_line());
+            ExitCode::from(EXIT_CHECK_FAILED)
+        }
+    })
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    match config::load(&args.config) {
+        Ok(file) => {
+            println!("{}: valid: {}", args.config.display(), file.summary());
+            ExitCode::SUCCESS
+        }
+        Err(error) => config_error(&error),
+    }
+}

@@ -1,0 +1,254 @@
+//! The gateway's configuration: what the file says ([`GatewayFile`]), parsed and validated
+//! once into domain types, and the settings in force after flags and environment are applied
+//! ([`Settings`]).
+//!
+//! Parsing never stops at the first problem: every error is collected with the field path it
+//! concerns, so an operator fixes a file in one round. Nothing outside this module re-checks
+//! a value.
+
+mod manifest;
+mod parse;
+mod settings;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::AgentAddress;
+
+pub use parse::parse_document;
+pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
+
+/// The annotation that carries the gateway's checks on a VM or VMI manifest.
+pub const PROBES_ANNOTATION: &str = "probe-gateway.kubevirt.io/probes";
+
+/// The default listen address; [`Settings`] falls back to `0.0.0.0:8080` without IPv6.
+pub const DEFAULT_LISTEN: &str = "[::]:8080";
+/// Default for `livenessGraceSeconds`.
+pub const DEFAULT_LIVENESS_GRACE: Duration = Duration::from_secs(600);
+/// Default for `outputExcerptBytes`.
+pub const DEFAULT_OUTPUT_EXCERPT_BYTES: usize = 1024;
+/// Upper bound for `outputExcerptBytes`: excerpts are held in memory per check.
+pub const MAX_OUTPUT_EXCERPT_BYTES: usize = 65536;
+
+/// Which of the two probes kubelet asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 2] = [ProbeKind::Readiness, ProbeKind::Liveness];
+
+    /// The lower-case name used in reports, logs and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Readiness => "readiness",
+            ProbeKind::Liveness => "liveness",
+        }
+    }
+
+    /// The field name of this probe in a config file or VMI spec.
+    pub fn field(self) -> &'static str {
+        match self {
+            ProbeKind::Readiness => "readinessProbe",
+            ProbeKind::Liveness => "livenessProbe",
+        }
+    }
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command run in the guest through `guest-exec`: the program and its arguments, kept
+/// as separate values all the way to the agent (never joined into a string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCommand {
+    /// `command[0]`: an absolute path or a name looked up on the guest's PATH.
+    pub path: String,
+    /// `command[1..]`.
+    pub args: Vec<String>,
+}
+
+/// What a probe does: the one handler it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handler {
+    Exec(ExecCommand),
+    GuestAgentPing,
+}
+
+impl Handler {
+    /// The handler's name as in KubeVirt's API and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Handler::Exec(_) => "exec",
+            Handler::GuestAgentPing => "guestAgentPing",
+        }
+    }
+}
+
+/// One probe in KubeVirt's VMI Probe shape, validated.
+///
+/// `initialDelaySeconds`, `periodSeconds` and the thresholds are kubelet's business in the
+/// default mode (applying them here too would count failures twice); they are kept so that a
+/// probe copied from a VMI validates, and for later use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub handler: Handler,
+    pub timeout: Duration,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+/// Where the checks of a file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A gateway config file.
+    GatewayConfig,
+    /// A KubeVirt `VirtualMachine` or `VirtualMachineInstance` manifest.
+    Manifest {
+        kind: ManifestKind,
+        /// True when the checks came from [`PROBES_ANNOTATION`], false when from the
+        /// manifest's own `readinessProbe`/`livenessProbe`.
+        from_annotation: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    VirtualMachine,
+    VirtualMachineInstance,
+}
+
+impl ManifestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManifestKind::VirtualMachine => "VirtualMachine",
+            ManifestKind::VirtualMachineInstance => "VirtualMachineInstance",
+        }
+    }
+}
+
+/// What a config file holds, validated. Fields the file does not set are `None` so that
+/// flags and environment can take precedence over the file, and defaults come last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayFile {
+    pub source: ConfigSource,
+    pub listen: Option<SocketAddr>,
+    pub agent: Option<AgentAddress>,
+    pub liveness_grace: Option<Duration>,
+    pub expose_output: Option<bool>,
+    pub output_excerpt_bytes: Option<usize>,
+    pub readiness: Option<ProbeSpec>,
+    pub liveness: Option<ProbeSpec>,
+}
+
+impl GatewayFile {
+    pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
+        match kind {
+            ProbeKind::Readiness => self.readiness.as_ref(),
+            ProbeKind::Liveness => self.liveness.as_ref(),
+        }
+    }
+
+    /// A one-line description, printed by `validate`.
+    pub fn summary(&self) -> String {
+        let source = match self.source {
+            ConfigSource::GatewayConfig => "gateway config".to_string(),
+            ConfigSource::Manifest {
+                kind,
+                from_annotation: true,
+            } => format!("{} (checks from {PROBES_ANNOTATION})", kind.as_str()),
+            ConfigSource::Manifest {
+                kind,
+                from_annotation: false,
+            } => format!("{} (checks from its probes)", kind.as_str()),
+        };
+        let mut parts = vec![source];
+        for kind in ProbeKind::ALL {
+            if let Some(spec) = self.probe(kind) {
+                let what = match &spec.handler {
+                    Handler::Exec(command) => {
+                        let mut words = vec![command.path.clone()];
+                        words.extend(command.args.iter().cloned());
+                        format!("exec {words:?}")
+                    }
+                    Handler::GuestAgentPing => "guestAgentPing".to_string(),
+                };
+                parts.push(format!(
+                    "{kind}: {what}, timeout {}s",
+                    spec.timeout.as_secs()
+                ));
+            }
+        }
+        match &self.agent {
+            Some(agent) => parts.push(format!("agent {agent}")),
+            None => parts.push("agent not set (give --agent)".to_string()),
+        }
+        parts.join("; ")
+    }
+}
+
+/// One problem in a config file: the field path it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted field path, e.g. `readinessProbe.timeoutSeconds` or `spec.template.metadata
+    /// .annotations["probe-gateway.kubevirt.io/probes"]`; empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", display_errors(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn display_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", .errors.0.iter().map(|e| format!("{}: {e}", .path)).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, errors: ConfigErrors },
+}
+
+/// Reads and validates a config file (gateway config, or VM/VMI manifest; YAML or JSON).
+pub fn load(path: &Path) -> Result<GatewayFile, LoadError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_document(&text).map_err(|errors| LoadError::Invalid {
+        path: shown,
+        errors,
+    })
+}

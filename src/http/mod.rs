@@ -1,0 +1,44 @@
+//! The HTTP API.
+//!
+//! | route | methods | what |
+//! |---|---|---|
+//! | `/ready` | GET, HEAD | runs the readiness check: 200 `ok`, 503 reason, 404 if not configured |
+//! | `/live` | GET, HEAD | runs the liveness check, likewise |
+//! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
+//!
+//! `?verbose` gives the text report, `Accept: application/json` the JSON report
+//! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
+
+mod error;
+pub mod negotiate;
+pub mod render;
+mod routes;
+
+use actix_web::web;
+
+pub use error::{ApiError, ApiErrorResponse};
+pub use routes::AppState;
+
+/// Registers the routes on an actix-web app.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/ready")
+                .route(web::get().to(routes::ready))
+                .route(web::head().to(routes::ready))
+                .default_service(web::to(routes::method_not_allowed)),
+        )
+        .service(
+            web::resource("/live")
+                .route(web::get().to(routes::live))
+                .route(web::head().to(routes::live))
+                .default_service(web::to(routes::method_not_allowed)),
+        )
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(routes::healthz))
+                .route(web::head().to(routes::healthz))
+                .default_service(web::to(routes::method_not_allowed)),
+        )
+        .default_service(web::to(routes::not_found));
+}

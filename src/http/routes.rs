@@ -1,0 +1,132 @@
+//! Request handlers. Only the configured probes run: nothing in a request (path, query,
+//! headers, body) reaches the guest.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+use super::error::{ApiError, ApiErrorResponse};
+use super::negotiate::{Format, verbose_flag, wants_json};
+use super::render::{self, Exposure};
+use crate::config::ProbeKind;
+use crate::probe::{CheckResult, Checker, ProbeReport, Probes};
+
+/// What every handler shares.
+pub struct AppState {
+    pub probes: Probes,
+    pub exposure: Exposure,
+}
+
+/// Past the probe's timeout, the agent task has already answered; this margin only guards
+/// the promise that a response comes within `timeoutSeconds` + 0.5 s whatever happens.
+const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
+
+pub async fn ready(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiErrorResponse> {
+    probe(ProbeKind::Readiness, &request, &state).await
+}
+
+pub async fn live(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiErrorResponse> {
+    probe(ProbeKind::Liveness, &request, &state).await
+}
+
+async fn probe(
+    kind: ProbeKind,
+    request: &HttpRequest,
+    state: &AppState,
+) -> Result<HttpResponse, ApiErrorResponse> {
+    let json = accepts_json(request);
+    let fail = |error| ApiErrorResponse { error, json };
+    let verbose = verbose_flag(request.query_string()).map_err(|e| fail(ApiError::BadQuery(e)))?;
+    let checker = state
+        .probes
+        .get(kind)
+        .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
+    let report = run_bounded(checker).await;
+    let format = match (json, verbose) {
+        (true, _) => Format::Json,
+        (false, true) => Format::Verbose,
+        (false, false) => Format::Plain,
+    };
+    Ok(respond(&report, format, state.exposure))
+}
+
+async fn run_bounded(checker: &Arc<Checker>) -> Arc<ProbeReport> {
+    let started = tokio::time::Instant::now();
+    let checked_at = SystemTime::now();
+    match tokio::time::timeout(checker.timeout() + RESPONSE_MARGIN, checker.check()).await {
+        Ok(report) => report,
+        Err(_) => {
+            tracing::warn!(probe = %checker.kind(), "check overran its timeout; answering without it");
+            Arc::new(ProbeReport {
+                probe: checker.kind(),
+                handler: checker.handler(),
+                result: CheckResult::Timeout,
+                reason: Some(format!("timed out after {}s", checker.timeout().as_secs())),
+                duration: started.elapsed(),
+                checked_at,
+                exec: None,
+            })
+        }
+    }
+}
+
+fn respond(report: &ProbeReport, format: Format, exposure: Exposure) -> HttpResponse {
+    let mut response = if report.passed() {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    match format {
+        Format::Plain => response
+            .content_type("text/plain; charset=utf-8")
+            .body(render::plain(report)),
+        Format::Verbose => response
+            .content_type("text/plain; charset=utf-8")
+            .body(render::verbose(report, exposure)),
+        Format::Json => response
+            .content_type("application/json")
+            .body(render::json(report, exposure)),
+    }
+}
+
+/// `GET /healthz`: the gateway serves. Never touches the agent.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body("ok\n")
+}
+
+pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+    ApiErrorResponse {
+        error: ApiError::MethodNotAllowed { allow: "GET, HEAD" },
+        json: accepts_json(&request),
+    }
+    .error_response()
+}
+
+pub async fn not_found(request: HttpRequest) -> HttpResponse {
+    ApiErrorResponse {
+        error: ApiError::NotFound,
+        json: accepts_json(&request),
+    }
+    .error_response()
+}
+
+fn accepts_json(request: &HttpRequest) -> bool {
+    wants_json(
+        request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    )
+}

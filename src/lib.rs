@@ -1,0 +1,20 @@
+//! virt-probe-gateway: answers kubelet's httpGet probes for a KubeVirt VM by running the
+//! VM's configured checks through qemu-guest-agent over one long-lived connection.
+//!
+//! Where a request goes:
+//! - [`http`]: the HTTP API (`/ready`, `/live`, `/healthz`), content negotiation, reports.
+//! - [`probe`]: the checks (`exec`, `guestAgentPing`), single flight, the liveness grace.
+//! - [`agent`]: the agent connection: transports, framing, protocol, the owning task.
+//! - [`config`]: the config file (or VM manifest), validated once into domain types.
+//! - [`cli`] and [`app`]: the command line, and building and running the server.
+//! - [`telemetry`]: logging set-up.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod probe;
+pub mod telemetry;

@@ -1,0 +1,196 @@
+//! [`Checker`]: one configured probe, with single flight and the liveness grace.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::checks::{self, Outcome};
+use super::report::{CheckResult, ProbeReport};
+use crate::agent::GuestAgent;
+use crate::config::{Handler, ProbeKind, ProbeSpec};
+
+/// The window after start-up in which a liveness check that cannot reach the agent
+/// passes: a booting guest, or a migration target whose guest has not arrived yet, is
+/// not a dead one. It ends early once the agent has answered.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessGrace {
+    pub started: Instant,
+    pub window: Duration,
+}
+
+type Flight = watch::Receiver<Option<Arc<ProbeReport>>>;
+
+/// Runs one probe's check. Concurrent callers share the check in flight, so a burst of
+/// requests costs the guest one command, not one each.
+pub struct Checker {
+    kind: ProbeKind,
+    spec: ProbeSpec,
+    agent: GuestAgent,
+    grace: Option<LivenessGrace>,
+    flight: Mutex<Option<Flight>>,
+    /// Pass/fail and reason of the previous check, to log changes once, not every check.
+    last: Mutex<Option<(bool, String)>>,
+}
+
+impl Checker {
+    pub fn new(
+        kind: ProbeKind,
+        spec: ProbeSpec,
+        agent: GuestAgent,
+        grace: Option<LivenessGrace>,
+    ) -> Arc<Checker> {
+        Arc::new(Checker {
+            kind,
+            spec,
+            agent,
+            grace,
+            flight: Mutex::new(None),
+            last: Mutex::new(None),
+        })
+    }
+
+    pub fn kind(&self) -> ProbeKind {
+        self.kind
+    }
+
+    pub fn handler(&self) -> &'static str {
+        self.spec.handler.name()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.spec.timeout
+    }
+
+    /// Runs the check, or joins the one in flight. The check runs in its own task: a
+    /// caller that goes away (a client hanging up) neither cancels it for the others nor
+    /// leaves a guest process untracked.
+    pub async fn check(self: &Arc<Self>) -> Arc<ProbeReport> {
+        let mut flight = self.join_or_start();
+        let started = Instant::now();
+        match flight.wait_for(Option::is_some).await {
+            Ok(report) => match report.as_ref() {
+                Some(report) => Arc::clone(report),
+                None => Arc::new(self.internal_error(started)),
+            },
+            Err(_) => Arc::new(self.internal_error(started)),
+        }
+    }
+
+    fn join_or_start(self: &Arc<Self>) -> Flight {
+        let mut slot = self.flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(flight) = slot.as_ref() {
+            return flight.clone();
+        }
+        let (publish, flight) = watch::channel(None);
+        *slot = Some(flight.clone());
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let report = Arc::new(this.run().await);
+            // Later callers start a new check; those waiting get this one.
+            *this.flight.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let _ = publish.send(Some(report));
+        });
+        flight
+    }
+
+    /// Runs the check once, now, without single flight.
+    pub async fn run(&self) -> ProbeReport {
+        let checked_at = SystemTime::now();
+        let started = Instant::now();
+        let deadline = started + self.spec.timeout;
+        let outcome = match &self.spec.handler {
+            Handler::GuestAgentPing => checks::ping(&self.agent, self.spec.timeout, deadline).await,
+            Handler::Exec(command) => {
+                checks::exec(&self.agent, self.kind, command, self.spec.timeout, deadline).await
+            }
+        };
+        let outcome = self.apply_grace(outcome);
+        let report = ProbeReport {
+            probe: self.kind,
+            handler: self.handler(),
+            result: outcome.result,
+            reason: outcome.reason,
+            duration: started.elapsed(),
+            checked_at,
+            exec: outcome.exec,
+        };
+        self.log_change(&report);
+        report
+    }
+
+    /// Turns a liveness failure to reach an agent that never answered into a pass, within
+    /// the grace window.
+    fn apply_grace(&self, outcome: Outcome) -> Outcome {
+        let Some(grace) = self.grace else {
+            return outcome;
+        };
+        let unreachable = matches!(outcome.result, CheckResult::Error | CheckResult::Timeout);
+        if !unreachable || self.agent.status().has_answered {
+            return outcome;
+        }
+        let elapsed = grace.started.elapsed();
+        if elapsed >= grace.window {
+            return outcome;
+        }
+        let left = (grace.window - elapsed).as_secs_f64().ceil() as u64;
+        tracing::debug!(
+            reason = outcome.reason.as_deref(),
+            "liveness passes under the grace"
+        );
+        Outcome {
+            result: CheckResult::Success,
+            reason: Some(format!("agent not reached yet (grace: {left}s left)")),
+            exec: None,
+        }
+    }
+
+    /// Logs a probe's transitions (and its first result) at info, repeats at debug: kubelet
+    /// checks every few seconds and a persistent failure must not flood the log.
+    fn log_change(&self, report: &ProbeReport) {
+        let state = (report.passed(), report.reason_line());
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = last.as_ref() != Some(&state);
+        *last = Some(state);
+        drop(last);
+        let exec = report.exec.as_ref();
+        let stdout = exec.map(|e| String::from_utf8_lossy(&e.stdout.bytes).into_owned());
+        let stderr = exec.map(|e| String::from_utf8_lossy(&e.stderr.bytes).into_owned());
+        let exit_code = exec.and_then(|e| e.exit_code);
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    probe = %report.probe,
+                    handler = report.handler,
+                    result = report.result.as_str(),
+                    reason = report.reason.as_deref(),
+                    exit_code,
+                    stdout = if report.passed() { None } else { stdout.as_deref() },
+                    stderr = if report.passed() { None } else { stderr.as_deref() },
+                    duration_ms = report.duration.as_millis() as u64,
+                    "{}",
+                    if report.passed() { "probe passed" } else { "probe failed" }
+                )
+            };
+        }
+        if changed {
+            event!(tracing::Level::INFO);
+        } else {
+            event!(tracing::Level::DEBUG);
+        }
+    }
+
+    fn internal_error(&self, started: Instant) -> ProbeReport {
+        ProbeReport {
+            probe: self.kind,
+            handler: self.handler(),
+            result: CheckResult::Error,
+            reason: Some("internal error: the check task ended without a result".into()),
+            duration: started.elapsed(),
+            checked_at: SystemTime::now(),
+            exec: None,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The checks the gateway runs for kubelet: `exec` and `guestAgentPing` ([`checks`]), one
+//! [`Checker`] per configured probe (single flight, liveness grace), and the
+//! [`ProbeReport`] every output is made from. Nothing here speaks HTTP.
+
+mod checker;
+mod checks;
+mod report;
+
+use std::sync::Arc;
+
+pub use checker::{Checker, LivenessGrace};
+pub use checks::Outcome;
+pub use report::{CheckResult, ExecDetails, ProbeReport, signal_name};
+
+use crate::config::ProbeKind;
+
+/// The configured probes; either may be absent.
+#[derive(Clone, Default)]
+pub struct Probes {
+    pub readiness: Option<Arc<Checker>>,
+    pub liveness: Option<Arc<Checker>>,
+}
+
+impl Probes {
+    pub fn get(&self, kind: ProbeKind) -> Option<&Arc<Checker>> {
+        match kind {
+            ProbeKind::Readiness => self.readiness.as_ref(),
+            ProbeKind::Liveness => self.liveness.as_ref(),
+        }
+    }
+}

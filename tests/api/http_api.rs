@@ -1,0 +1,131 @@
+//! The HTTP contract: methods, paths, formats, errors.
+
+use crate::support::gateway::Gateway;
+use crate::support::qga::QemuGa;
+
+const PING_BOTH: &str =
+    "readinessProbe:\n  guestAgentPing: {}\nlivenessProbe:\n  guestAgentPing: {}\n";
+
+#[tokio::test]
+async fn head_answers_with_the_status_and_no_body() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let reply = gateway.request("HEAD", "/ready", None).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, ""));
+    let reply = gateway.request("HEAD", "/healthz", None).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn other_methods_get_405_with_an_allow_header() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in ["/ready", "/live", "/healthz"] {
+            let reply = gateway.request(method, path, None).await;
+            assert_eq!(reply.status, 405, "{method} {path}");
+            assert_eq!(reply.allow.as_deref(), Some("GET, HEAD"), "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_never_redirected() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    for path in ["/", "/ready/", "/readyz", "/live/x", "/%2e%2e/etc/passwd"] {
+        let reply = gateway.get(path).await;
+        assert_eq!(reply.status, 404, "{path}");
+    }
+    let reply = gateway
+        .request("GET", "/nope", Some("application/json"))
+        .await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not found")
+    );
+}
+
+#[tokio::test]
+async fn an_unconfigured_probe_is_404_saying_so() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start("livenessProbe:\n  guestAgentPing: {}\n", agent.socket());
+    let reply = gateway.get("/ready").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (404, "readiness probe is not configured\n")
+    );
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_400_naming_the_parameter() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let reply = gateway.get("/ready?verbose=perhaps").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("verbose"), "{}", reply.body);
+    let reply = gateway.get("/live?command=reboot").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("\"command\""), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn verbose_gives_the_text_report() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let reply = gateway.get("/live?verbose").await;
+    assert_eq!(reply.status, 200);
+    let lines: Vec<_> = reply.body.lines().collect();
+    assert_eq!(lines[0], "[+]liveness guestAgentPing ok");
+    assert_eq!(lines.last(), Some(&"liveness check passed"));
+    assert!(lines.iter().any(|l| l.starts_with("    durationSeconds: ")));
+}
+
+#[tokio::test]
+async fn json_is_served_when_accepted_with_or_without_verbose() {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    for path in ["/live", "/live?verbose"] {
+        let reply = gateway.request("GET", path, Some("application/json")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type, "application/json");
+        let report = reply.json();
+        assert_eq!(report["probe"], "liveness");
+        assert_eq!(report["status"], "success");
+        assert!(report["durationSeconds"].as_f64().unwrap() >= 0.0);
+        assert!(humantime::parse_rfc3339(report["checkedAt"].as_str().unwrap()).is_ok());
+    }
+    // kubelet's Accept gets text.
+    let reply = gateway.request("GET", "/live", Some("*/*")).await;
+    assert_eq!(reply.body, "ok\n");
+}
+
+#[tokio::test]
+async fn healthz_answers_without_an_agent() {
+    let agent = QemuGa::not_started();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let reply = gateway.get("/healthz").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn malformed_http_gets_a_400_and_the_gateway_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let mut stream = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GARBAGE \x01\x02 HTTP/9\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(gateway.get("/live").await.status, 200);
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the gateway binary against real qemu-ga agents (one per test, in a
+//! temp dir) and, for faults a real agent cannot show, a scripted fake. One binary, so
+//! the suite links once; nextest runs these serially (.config/nextest.toml) because many
+//! assert deadlines.
+
+mod support;
+
+mod cli;
+mod faults;
+mod http_api;
+mod lifecycle;
+mod real_agent;

@@ -1,0 +1,213 @@
+//! The gateway binary, started per test on 127.0.0.1:0 with JSON logs captured.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_virt-probe-gateway");
+
+pub struct Gateway {
+    child: Child,
+    pub address: SocketAddr,
+    logs: Arc<Mutex<Vec<Value>>>,
+    _config_dir: tempfile::TempDir,
+    client: reqwest::Client,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub allow: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` (YAML) and the agent at `agent`.
+    pub fn start(config: &str, agent: &Path) -> Gateway {
+        Gateway::start_with(config, &["--agent", &agent.display().to_string()])
+    }
+
+    /// Starts the gateway with `config` and extra `serve` arguments.
+    pub fn start_with(config: &str, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let event: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|_| serde_json::json!({"raw": line}));
+                    if event["message"] == "listening" {
+                        let _ = address_tx
+                            .send(event["address"].as_str().unwrap_or_default().to_string());
+                    }
+                    logs.lock().unwrap().push(event);
+                }
+            });
+        }
+        let address = match address_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "the gateway did not start listening (exit {status:?}); its log: {:#?}",
+                    logs.lock().unwrap()
+                );
+            }
+        };
+        Gateway {
+            child,
+            address,
+            logs,
+            _config_dir: dir,
+            // Like kubelet: a new connection per request.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn request(&self, method: &str, path: &str, accept: Option<&str>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = request.send().await.expect("request");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let allow = header("allow");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("body");
+        Reply {
+            status,
+            content_type,
+            allow,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None).await
+    }
+
+    /// `GET path` with `Accept: application/json`, the report parsed.
+    pub async fn report(&self, path: &str) -> (u16, Value) {
+        let reply = self.request("GET", path, Some("application/json")).await;
+        (reply.status, reply.json())
+    }
+
+    /// Log events so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// The gateway's peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("gateway /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal the gateway");
+    }
+
+    /// Stops the gateway with SIGTERM (it closes the agent connection gracefully) and
+    /// asserts a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "the gateway exited with {status}");
+    }
+
+    /// Waits for the gateway to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env_remove("PROBE_GATEWAY_CONFIG")
+        .env_remove("PROBE_GATEWAY_AGENT")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
