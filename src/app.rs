@@ -107,8 +107,14 @@ impl Application {
                 agent.close().await;
                 return result.map_err(io::Error::other)?;
             }
-            signal = stop_signal() => {
-                tracing::info!(signal = signal?, grace_seconds = shutdown_grace.as_secs(), "shutting down: draining in-flight requests");
+            signal = stop_signal() => match signal {
+                Ok(signal) => tracing::info!(signal, grace_seconds = shutdown_grace.as_secs(), "shutting down: draining in-flight requests"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot wait for signals; stopping");
+                    handle.stop(false).await;
+                    agent.close().await;
+                    return Err(error);
+                }
             }
         }
         let started = Instant::now();

@@ -34,17 +34,24 @@ const QUEUE_DEPTH: usize = 64;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// A connection that lasted this long, with the agent answering, was a good one: after it
+/// ends, reconnect at once. A peer that answers and hangs up sooner gets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// A resync unanswered for this long is sent again (with a new id): on a virtio-serial
 /// port whose guest side is not open yet, earlier bytes may never reach an agent.
 const RESYNC_RESEND: Duration = Duration::from_secs(1);
-/// Unanswered resyncs kept at once; a hung agent does not get an ever-growing backlog.
+/// Unanswered resync ids remembered; an older one's reply is then taken as stale.
 const MAX_PENDING_SYNCS: usize = 8;
+/// The longest wait between resends of an unanswered resync.
+const RESYNC_RESEND_MAX: Duration = Duration::from_secs(10);
 /// How long a write may block (a hung agent stops reading; its socket buffer fills).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a graceful close may drain the agent's remaining replies.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// The same for a peer that broke the protocol: it gets less patience.
 const HOSTILE_DRAIN: Duration = Duration::from_millis(200);
+/// Lines kept from a drain to look for late `guest-exec` replies.
+const MAX_DRAINED_LINES: usize = 16;
 /// Polling of guest processes left behind by timed-out checks.
 const ORPHAN_POLL_FIRST: Duration = Duration::from_millis(100);
 const ORPHAN_POLL_MAX: Duration = Duration::from_secs(1);
@@ -112,11 +119,12 @@ impl GuestAgent {
             guest_processes: BTreeMap::new(),
         });
         let (close_tx, close_rx) = oneshot::channel();
+        let status_tx = Arc::new(status_tx);
         let task = AgentTask {
             connector: Box::new(connector),
             inbox,
             handovers: handover_inbox,
-            status: status_tx,
+            status: Arc::clone(&status_tx),
             close: close_rx,
             link: Link::Disconnected {
                 reason: "not connected yet".into(),
@@ -130,7 +138,20 @@ impl GuestAgent {
             next_id: fastrand::u64(1..(1 << 40)),
             has_answered: false,
         };
-        tokio::spawn(task.run());
+        let running = tokio::spawn(task.run());
+        // A bug that panics the task must not leave the probes reading a stale "ready".
+        tokio::spawn(async move {
+            if let Err(error) = running.await
+                && error.is_panic()
+            {
+                tracing::error!("the agent client failed; probes will fail until restart");
+                status_tx.send_modify(|status| {
+                    status.state = LinkState::Disconnected(
+                        "internal error: the agent client failed (see the log)".into(),
+                    );
+                });
+            }
+        });
         GuestAgent {
             requests,
             handovers,
@@ -221,8 +242,8 @@ impl GuestAgent {
         }
         match timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(self.timeout_error()),
+            Ok(Err(_)) if Instant::now() < deadline => Err(stopped()),
+            Ok(Err(_)) | Err(_) => Err(self.timeout_error()),
         }
     }
 
@@ -249,6 +270,7 @@ struct Connection {
     /// reconnected to in a hot loop.
     backoff: Duration,
     answered: bool,
+    connected_at: Instant,
     /// An unparsable line was logged at warn on this connection already.
     warned: bool,
 }
@@ -256,10 +278,12 @@ struct Connection {
 /// Whether the stream is in step with the agent.
 enum Sync {
     InStep,
-    /// Resyncs sent and not answered yet, newest last.
+    /// Resyncs sent and not answered yet, newest last; the next is sent `interval` after
+    /// the last one (backing off, so a hung agent gets a slow trickle, not a backlog).
     Pending {
         ids: Vec<u64>,
         last_sent: Instant,
+        interval: Duration,
     },
 }
 
@@ -307,7 +331,7 @@ struct AgentTask {
     connector: Box<dyn Connect>,
     inbox: mpsc::Receiver<Request>,
     handovers: mpsc::UnboundedReceiver<Handover>,
-    status: watch::Sender<LinkStatus>,
+    status: Arc<watch::Sender<LinkStatus>>,
     close: oneshot::Receiver<oneshot::Sender<()>>,
     link: Link,
     in_flight: Option<InFlight>,
@@ -392,12 +416,15 @@ impl AgentTask {
         match &self.link {
             Link::Disconnected { next_attempt, .. } => consider(*next_attempt),
             Link::Connected(connection) => match &connection.sync {
-                Sync::Pending { ids, last_sent }
-                    if ids.len() < MAX_PENDING_SYNCS && self.in_flight.is_none() =>
-                {
-                    consider(*last_sent + RESYNC_RESEND)
+                Sync::Pending {
+                    last_sent,
+                    interval,
+                    ..
+                } => {
+                    if self.in_flight.is_none() {
+                        consider(*last_sent + *interval)
+                    }
                 }
-                Sync::Pending { .. } => {}
                 Sync::InStep => {
                     if self.in_flight.is_none()
                         && let Some(poll) = self.orphans.values().map(|o| o.next_poll).min()
@@ -463,7 +490,11 @@ impl AgentTask {
                 reply,
             } => {
                 if reply.is_closed() || deadline <= Instant::now() {
-                    return; // The caller has given up: send nothing on its behalf.
+                    // The caller has given up: send nothing to the agent on its behalf.
+                    let _ = reply.send(Err(AgentError::Timeout {
+                        agent_silent: false,
+                    }));
+                    return;
                 }
                 if let (Command::Exec { .. }, Some(owner)) = (&command, owner)
                     && let Some(pid) = self.running_process(owner)
@@ -527,6 +558,9 @@ impl AgentTask {
         }
         if let Some(waiting) = self.waiting.take() {
             if waiting.reply.is_closed() || waiting.deadline <= Instant::now() {
+                let _ = waiting.reply.send(Err(AgentError::Timeout {
+                    agent_silent: false,
+                }));
                 return self.advance_orphans().await;
             }
             let in_flight = InFlight {
@@ -608,7 +642,9 @@ impl AgentTask {
             sync: Sync::Pending {
                 ids: Vec::new(),
                 last_sent: Instant::now(),
+                interval: RESYNC_RESEND,
             },
+            connected_at: Instant::now(),
             resync_after_reply: false,
             backoff,
             answered: false,
@@ -634,15 +670,22 @@ impl AgentTask {
             return;
         };
         let sync_id = protocol::random_sync_id();
-        let mut ids = match std::mem::replace(&mut connection.sync, Sync::InStep) {
-            Sync::Pending { ids, .. } => ids,
-            Sync::InStep => Vec::new(),
+        let (mut ids, interval) = match std::mem::replace(&mut connection.sync, Sync::InStep) {
+            Sync::Pending { ids, interval, .. } if !ids.is_empty() => {
+                (ids, (interval * 2).min(RESYNC_RESEND_MAX))
+            }
+            Sync::Pending { ids, .. } => (ids, RESYNC_RESEND),
+            Sync::InStep => (Vec::new(), RESYNC_RESEND),
         };
+        if ids.len() >= MAX_PENDING_SYNCS {
+            ids.remove(0);
+        }
         ids.push(sync_id);
         connection.resync_after_reply = false;
         connection.sync = Sync::Pending {
             ids,
             last_sent: Instant::now(),
+            interval,
         };
         if let Err(reason) =
             write_bounded(&mut connection.writer, &protocol::encode_sync(sync_id)).await
@@ -693,28 +736,26 @@ impl AgentTask {
             self.on_in_step().await;
             return;
         }
-        if let Some(id) = reply.id {
-            if let Some(at) = self.lost_execs.iter().position(|lost| lost.id == id) {
-                let lost = self.lost_execs.remove(at);
-                self.adopt_late_exec(lost.owner, &reply.outcome);
-                return;
+        if self.adopt_if_lost_exec(&line) {
+            return;
+        }
+        if let Some(id) = reply.id
+            && self.in_flight.as_ref().is_some_and(|f| f.id == id)
+        {
+            if let Some(in_flight) = self.in_flight.take() {
+                self.has_answered = true;
+                let result = reply
+                    .outcome
+                    .map_err(|e| AgentError::from_reply(in_flight.command.name(), e));
+                self.finish(in_flight, result);
             }
-            if self.in_flight.as_ref().is_some_and(|f| f.id == id) {
-                if let Some(in_flight) = self.in_flight.take() {
-                    self.has_answered = true;
-                    let result = reply
-                        .outcome
-                        .map_err(|e| AgentError::from_reply(in_flight.command.name(), e));
-                    self.finish(in_flight, result);
-                }
-                if let Link::Connected(connection) = &mut self.link
-                    && std::mem::take(&mut connection.resync_after_reply)
-                {
-                    return self.force_resync().await;
-                }
-                self.advance().await;
-                return;
+            if let Link::Connected(connection) = &mut self.link
+                && std::mem::take(&mut connection.resync_after_reply)
+            {
+                return self.force_resync().await;
             }
+            self.advance().await;
+            return;
         }
         tracing::debug!(line = %protocol::preview(&line), "dropped a stale reply");
     }
@@ -744,7 +785,6 @@ impl AgentTask {
         self.has_answered = true;
         if let Link::Connected(connection) = &mut self.link {
             connection.answered = true;
-            connection.backoff = FIRST_BACKOFF;
         }
         // Replies are in order: a lost guest-exec reply not seen before the resync reply
         // will never come (the agent restarted, or the reply went with an old connection).
@@ -809,8 +849,12 @@ impl AgentTask {
                 Ok(_) => false,
                 Err(_) => true,
             },
-            // Reaped already, or unknown to a restarted agent.
-            Err(AgentError::Rejected { .. }) => {
+            // Reaped already, unknown to a restarted agent, or no longer askable.
+            Err(
+                AgentError::Rejected { .. }
+                | AgentError::Disabled { .. }
+                | AgentError::CommandNotFound { .. },
+            ) => {
                 tracing::info!(probe = %owner, pid, "abandoned guest process is gone");
                 true
             }
@@ -863,9 +907,11 @@ impl AgentTask {
         match &self.link {
             Link::Connected(connection) => {
                 let resend = match &connection.sync {
-                    Sync::Pending { ids, last_sent } => {
-                        ids.len() < MAX_PENDING_SYNCS && *last_sent + RESYNC_RESEND <= now
-                    }
+                    Sync::Pending {
+                        last_sent,
+                        interval,
+                        ..
+                    } => *last_sent + *interval <= now,
                     Sync::InStep => false,
                 };
                 if resend && self.in_flight.is_none() {
@@ -888,6 +934,7 @@ impl AgentTask {
                 connection.sync = Sync::Pending {
                     ids: Vec::new(),
                     last_sent: Instant::now(),
+                    interval: RESYNC_RESEND,
                 };
             }
             self.send_sync().await;
@@ -919,7 +966,10 @@ impl AgentTask {
                 backoff: FIRST_BACKOFF,
             },
         ) {
-            Link::Connected(connection) if connection.answered => {
+            Link::Connected(connection)
+                if connection.answered
+                    && connection.connected_at.elapsed() >= STABLE_CONNECTION =>
+            {
                 (now, FIRST_BACKOFF, Some(connection))
             }
             Link::Connected(connection) => (
@@ -938,9 +988,6 @@ impl AgentTask {
             next_attempt,
             backoff,
         };
-        if let (Some(connection), Some(drain)) = (connection, drain) {
-            close_gracefully(*connection, drain).await;
-        }
         if let Some(in_flight) = self.in_flight.take() {
             if let (Command::Exec { .. }, Some(owner), Some(_)) =
                 (&in_flight.command, in_flight.owner, &in_flight.reply)
@@ -952,6 +999,27 @@ impl AgentTask {
             }
             self.finish(in_flight, Err(AgentError::Unavailable(reason)));
         }
+        if let (Some(connection), Some(drain)) = (connection, drain) {
+            for line in close_gracefully(*connection, drain).await {
+                self.adopt_if_lost_exec(&line);
+            }
+        }
+    }
+
+    /// Tracks the process of a `guest-exec` answered too late, if `line` is that answer.
+    fn adopt_if_lost_exec(&mut self, line: &[u8]) -> bool {
+        let Ok(reply) = protocol::parse_reply(line) else {
+            return false;
+        };
+        let Some(at) = reply
+            .id
+            .and_then(|id| self.lost_execs.iter().position(|lost| lost.id == id))
+        else {
+            return false;
+        };
+        let lost = self.lost_execs.remove(at);
+        self.adopt_late_exec(lost.owner, &reply.outcome);
+        true
     }
 
     async fn shut_down(&mut self) {
@@ -972,7 +1040,7 @@ impl AgentTask {
                 backoff: MAX_BACKOFF,
             },
         ) {
-            close_gracefully(*connection, CLOSE_DRAIN).await;
+            let _ = close_gracefully(*connection, CLOSE_DRAIN).await;
             tracing::debug!("agent connection closed");
         }
         self.publish();
@@ -992,15 +1060,17 @@ async fn write_bounded<W: AsyncWrite + Unpin>(writer: &mut W, line: &[u8]) -> Re
     }
 }
 
-/// Shuts down writing and reads until the agent closes, within [`CLOSE_DRAIN`]: a
-/// listening qemu-ga exits if its client closes while a reply is unread.
-async fn close_gracefully(mut connection: Connection, bound: Duration) {
+/// Shuts down writing and reads until the agent closes, within `bound`: a listening
+/// qemu-ga exits if its client closes while a reply is unread. Returns the lines drained
+/// (at most [`MAX_DRAINED_LINES`]), which may hold a late `guest-exec` reply.
+async fn close_gracefully(mut connection: Connection, bound: Duration) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
     let drained = timeout(bound, async {
         let _ = connection.writer.shutdown().await;
         loop {
             match connection.reader.next_frame().await {
-                Ok(_) => continue,
-                Err(FramingError::EndlessLine) => {}
+                Ok(Frame::Line(line)) if lines.len() < MAX_DRAINED_LINES => lines.push(line),
+                Ok(_) | Err(FramingError::EndlessLine) => continue,
                 Err(_) => return,
             }
         }
@@ -1011,6 +1081,7 @@ async fn close_gracefully(mut connection: Connection, bound: Duration) {
             "the agent did not close its side within {bound:?}; dropping the connection"
         );
     }
+    lines
 }
 
 fn far_future() -> Instant {

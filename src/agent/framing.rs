@@ -269,9 +269,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if n == 0 {
                 return Err(FramingError::Closed);
             }
-            self.scanner.scan(&self.buffer, &mut self.scratch)?;
+            // The bytes are consumed whatever the scan says: a caller draining a broken
+            // peer keeps reading, and must not rescan (and keep) what it read before.
+            let scanned = self.scanner.scan(&self.buffer, &mut self.scratch);
             self.buffer.advance(self.buffer.len());
             self.ready.extend(self.scratch.drain(..));
+            scanned?;
         }
     }
 
@@ -404,6 +407,34 @@ mod tests {
             }
         }
         assert!(matches!(result, Err(FramingError::EndlessLine)));
+    }
+
+    #[tokio::test]
+    async fn reading_on_after_an_endless_line_keeps_memory_bounded() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut reader = FrameReader::new(client);
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..(MAX_LINE_BYTES / chunk.len() + 64) {
+                if tokio::io::AsyncWriteExt::write_all(&mut server, &chunk)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut errors = 0;
+        while errors < 64 {
+            match reader.next_frame().await {
+                Err(FramingError::EndlessLine) => errors += 1,
+                Err(_) => break,
+                Ok(_) => {}
+            }
+            assert!(reader.buffer.capacity() <= 4 * READ_CHUNK + (1 << 20));
+        }
+        drop(reader);
+        let _ = writer.await;
     }
 
     #[tokio::test]

@@ -209,8 +209,9 @@ fn output_excerpt(base64: Option<&str>, agent_truncated: bool, limit: usize) -> 
     // Decode only whole 4-character groups, and no more of them than the excerpt needs.
     let wanted_chars = limit.div_ceil(3) * 4;
     let usable = text.len().min(wanted_chars) / 4 * 4;
+    // Bytes, not a str slice: a hostile peer's non-ASCII text must not split a character.
     let mut bytes = base64::engine::general_purpose::STANDARD
-        .decode(&text[..usable])
+        .decode(&text.as_bytes()[..usable])
         .unwrap_or_default();
     let longer = bytes.len() > limit || usable < text.len() || cut_by_reader;
     bytes.truncate(limit);
@@ -302,6 +303,17 @@ mod tests {
         assert_eq!(whole.stdout.bytes, b"hello world");
         assert!(!whole.stdout.truncated);
         assert!(whole.stderr.bytes.is_empty());
+    }
+
+    #[test]
+    fn non_ascii_output_data_is_no_panic_just_no_excerpt() {
+        let status = parse_exec_status(
+            &json!({"exited": true, "exitcode": 0, "out-data": "aaaé", "err-data": "ééééé"}),
+            3,
+        )
+        .unwrap();
+        assert!(status.stdout.bytes.is_empty());
+        assert!(status.stderr.bytes.is_empty());
     }
 
     #[test]

@@ -34,6 +34,26 @@ pub struct Checker {
     last: Mutex<Option<(bool, String)>>,
 }
 
+/// Empties a checker's flight slot when the check task ends, however it ends, unless a
+/// newer flight has taken the slot meanwhile.
+struct FlightLanding {
+    checker: Arc<Checker>,
+    flight: Flight,
+}
+
+impl Drop for FlightLanding {
+    fn drop(&mut self) {
+        let mut slot = self
+            .checker
+            .flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|f| f.same_channel(&self.flight)) {
+            *slot = None;
+        }
+    }
+}
+
 impl Checker {
     pub fn new(
         kind: ProbeKind,
@@ -87,6 +107,11 @@ impl Checker {
         *slot = Some(flight.clone());
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Cleared on every exit, a panic included: a dead flight must not be joined.
+            let _landing = FlightLanding {
+                checker: Arc::clone(&this),
+                flight: publish.subscribe(),
+            };
             let report = Arc::new(this.run().await);
             // Later callers start a new check; those waiting get this one.
             *this.flight.lock().unwrap_or_else(PoisonError::into_inner) = None;

@@ -275,3 +275,24 @@ async fn an_endless_line_drops_the_connection_and_the_gateway_keeps_serving() {
     let peak = gateway.peak_rss_kib();
     assert!(peak < 48 * 1024, "peak RSS {peak} KiB");
 }
+
+#[tokio::test]
+async fn output_that_is_not_base64_neither_crashes_nor_wedges_the_probe() {
+    let agent = FakeAgent::start(
+        Vec::new(),
+        Arc::new(|request: &Value| match request["execute"].as_str() {
+            Some("guest-exec") => vec![reply(request, json!({"pid": 9}))],
+            Some("guest-exec-status") => vec![reply(
+                request,
+                json!({"exited": true, "exitcode": 0, "out-data": "aaaé", "err-data": "\u{0}é"}),
+            )],
+            _ => vec![reply(request, json!({}))],
+        }),
+    );
+    let gateway = Gateway::start(&format!("exposeOutput: true\n{EXEC_TRUE}"), agent.socket());
+    for _ in 0..3 {
+        let (status, report) = gateway.report("/ready").await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["stdout"], "");
+    }
+}
