@@ -33,3 +33,25 @@ qemu_ga_path() {
   done
   return 1
 }
+
+# Installs QEMU for the VM tests (tests/vm) when missing. Where it cannot be installed
+# (no root), the VM tests say so and skip, except in CI, where they fail.
+ensure_qemu_system() {
+  if command -v qemu-system-x86_64 >/dev/null; then
+    return 0
+  fi
+  echo "qemu-system-x86_64 not found: installing Debian's qemu-system-x86" >&2
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      sudo="sudo -n"
+    else
+      echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
+      return 0
+    fi
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 || {
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2
+  }
+}

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Runs the checks and the test suite: formatting, clippy, unit and integration tests.
-# The integration tests start real qemu-ga agents, so this installs Debian's
-# qemu-guest-agent first when it is missing.
+# Runs the checks and the test suite: formatting, clippy, unit, integration and VM tests.
+# The integration tests start real qemu-ga agents and the VM tests boot a QEMU guest, so
+# this installs Debian's qemu-guest-agent and qemu-system-x86 when missing, and builds
+# the guest image (cached: tests/vm/build-guest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_qemu_ga
 echo "qemu-ga: $(qemu_ga_path) ($("$(qemu_ga_path)" --version 2>&1 | head -n1))"
+ensure_qemu_system
+if command -v qemu-system-x86_64 >/dev/null; then
+  echo "qemu: $(qemu-system-x86_64 --version | head -n1)"
+  bash tests/vm/build-guest.sh >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
@@ -18,4 +24,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --lib --bins
   cargo test --locked --test api -- --test-threads=1
+  cargo test --locked --test vm -- --test-threads=1
 fi

@@ -22,6 +22,9 @@ MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 log() { echo "build-guest: $*" >&2; }
 
 mkdir -p "$cache"
+# Parallel test binaries may all call this at once: one builds, the others then hit the cache.
+exec 9>"$cache/.lock"
+flock 9
 
 # Debian's docker images disable apt's binary package cache, which makes every
 # apt-cache call re-parse the lists (~0.7 s each). A private one in our cache dir keeps

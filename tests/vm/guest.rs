@@ -1,0 +1,171 @@
+//! The test VM: a minimal Debian guest (tests/vm/build-guest.sh) booted under QEMU with
+//! qemu-ga on a virtio-serial port exposed as a chardev unix socket, exactly as libvirt
+//! wires `org.qemu.guest_agent.0` for a KubeVirt VM, plus a control port for the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::qga_client::QgaClient;
+
+const QEMU: &str = "qemu-system-x86_64";
+
+/// The kernel and initramfs, built once per test process (cached across runs).
+fn images() -> &'static (PathBuf, PathBuf) {
+    static IMAGES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/build-guest.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("run tests/vm/build-guest.sh");
+        assert!(
+            output.status.success(),
+            "building the guest failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut paths = stdout.lines().rev().take(2).map(PathBuf::from);
+        let initrd = paths.next().expect("initramfs path");
+        let kernel = paths.next().expect("kernel path");
+        (kernel, initrd)
+    })
+}
+
+/// True if QEMU is here. Without it the VM tests skip, except in CI (`CI=true`), where a
+/// missing QEMU is a failure: scripts/test.sh installs it.
+pub fn qemu_or_skip(test: &str) -> bool {
+    let found = Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{QEMU} is missing in CI: scripts/test.sh must install qemu-system-x86"
+        );
+        eprintln!(
+            "SKIPPED {test}: {QEMU} is not installed (apt-get install --no-install-recommends qemu-system-x86)"
+        );
+    }
+    found
+}
+
+pub struct Vm {
+    dir: tempfile::TempDir,
+    pid: Option<i32>,
+    pub started: Instant,
+}
+
+impl Vm {
+    /// The socket paths, known before the VM starts (a gateway may be started first).
+    pub fn prepare() -> Vm {
+        Vm {
+            dir: tempfile::tempdir().expect("temp dir"),
+            pid: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Prepares and boots at once.
+    pub fn boot() -> Vm {
+        let mut vm = Vm::prepare();
+        vm.start();
+        vm
+    }
+
+    /// The host side of the guest agent's virtio-serial port (what the gateway connects to).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.path().join("qga0.sock")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts QEMU (daemonized; returns once its sockets exist). The guest then boots.
+    pub fn start(&mut self) {
+        let (kernel, initrd) = images();
+        let chardev = |id: &str, path: &Path| {
+            format!("socket,path={},server=on,wait=off,id={id}", path.display())
+        };
+        self.started = Instant::now();
+        let status = Command::new(QEMU)
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
+            .args(["-nodefaults", "-no-reboot", "-display", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", self.path("console.log").display()))
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-device", "virtio-serial-pci"])
+            .arg("-chardev")
+            .arg(chardev("qga0", &self.agent_socket()))
+            .args([
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ])
+            .arg("-chardev")
+            .arg(chardev("ctl", &self.control_socket()))
+            .args([
+                "-device",
+                "virtserialport,chardev=ctl,name=org.probe-gateway.test.control",
+            ])
+            .arg("-pidfile")
+            .arg(self.path("qemu.pid"))
+            .arg("-daemonize")
+            .status()
+            .expect("start qemu");
+        assert!(status.success(), "qemu failed to start: {status}");
+        let pid = std::fs::read_to_string(self.path("qemu.pid")).expect("qemu pid file");
+        self.pid = Some(pid.trim().parse().expect("qemu pid"));
+    }
+
+    /// The control agent, once the guest has booted far enough to answer.
+    pub async fn control(&self) -> QgaClient {
+        let limit = Duration::from_secs(90);
+        match QgaClient::try_connect(&self.control_socket(), limit).await {
+            Some(client) => client,
+            None => panic!(
+                "the guest's control agent did not answer within {limit:?}; console:\n{}",
+                self.console()
+            ),
+        }
+    }
+
+    /// The guest's console output so far, for failure messages.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.path("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vm {
+    /// Tears QEMU down by pid and waits until it is gone.
+    fn drop(&mut self) {
+        let Some(pid) = self.pid else {
+            return;
+        };
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// True while `pid` runs (a zombie left for an init that does not reap counts as gone).
+fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
