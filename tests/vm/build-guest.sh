@@ -33,7 +33,7 @@ apt_cache() { apt-cache -o Dir::Cache::pkgcache="$cache/apt-pkgcache.bin" "$@"; 
 
 # Sets PKGS to "name=version" for everything to download; fails if any has no candidate.
 resolve() {
-    local meta kver kpkg name ver
+    local meta kpkg name ver
     meta=$(apt_cache policy linux-image-amd64 | awk '/Candidate:/ {print $2}')
     [ -n "$meta" ] && [ "$meta" != "(none)" ] || return 1
     # The ABI-versioned package (linux-image-6.1.0-NN-amd64) the metapackage points to;

@@ -99,7 +99,7 @@ impl Vm {
         };
         self.started = Instant::now();
         let status = Command::new(QEMU)
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
+            .args(["-accel", "tcg", "-m", "256", "-smp", "1"])
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
             .arg("-serial")
             .arg(format!("file:{}", self.path("console.log").display()))
