@@ -3,23 +3,30 @@
 # Installs Debian's qemu-guest-agent when qemu-ga is missing (root, or sudo without a
 # password). The tests and the demo need a real agent; without one they fail loudly.
 ensure_qemu_ga() {
-  if qemu_ga_path >/dev/null; then
-    return 0
-  fi
+  qemu_ga_path >/dev/null && return 0
   echo "qemu-ga not found: installing Debian's qemu-guest-agent" >&2
+  apt_install qemu-guest-agent || {
+    echo "error: qemu-guest-agent is not installed and this user cannot install it; run: apt-get install qemu-guest-agent" >&2
+    return 1
+  }
+  qemu_ga_path >/dev/null || { echo "error: qemu-ga still missing after the install" >&2; return 1; }
+}
+
+# apt-get install --no-install-recommends, as root or with password-less sudo; refreshes
+# the package lists when the first try fails (a fresh machine has none). Fails if this
+# user cannot install.
+apt_install() {
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-      sudo="sudo -n"
-    else
-      echo "error: qemu-guest-agent is not installed and this user cannot install it; run: apt-get install qemu-guest-agent" >&2
-      return 1
-    fi
+    command -v sudo >/dev/null && sudo -n true 2>/dev/null || return 1
+    sudo="sudo -n"
   fi
-  # policy-rc.d or no init system: the package's service is not started, which is wanted.
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-guest-agent >&2
-  qemu_ga_path >/dev/null || { echo "error: qemu-ga still missing after the install" >&2; return 1; }
+  # policy-rc.d or no init system: a package's service is not started, which is wanted.
+  local install=($sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@")
+  "${install[@]}" >&2 2>/dev/null || {
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    "${install[@]}" >&2
+  }
 }
 
 # Prints the path of qemu-ga (it lives in /usr/sbin, often not on a user's PATH).
@@ -37,21 +44,8 @@ qemu_ga_path() {
 # Installs QEMU for the VM tests (tests/vm) when missing. Where it cannot be installed
 # (no root), the VM tests say so and skip, except in CI, where they fail.
 ensure_qemu_system() {
-  if command -v qemu-system-x86_64 >/dev/null; then
-    return 0
-  fi
+  command -v qemu-system-x86_64 >/dev/null && return 0
   echo "qemu-system-x86_64 not found: installing Debian's qemu-system-x86" >&2
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-      sudo="sudo -n"
-    else
-      echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
-      return 0
-    fi
-  fi
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2 || {
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2
-  }
+  apt_install qemu-system-x86 ||
+    echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
 }

@@ -2,36 +2,22 @@
 //! QEMU guest, behind a virtio-serial port (tests/vm/README.md). One at a time
 //! (.config/nextest.toml): a guest under TCG wants a core to itself.
 
-#[path = "../api/support/gateway.rs"]
-#[allow(dead_code)]
-mod gateway;
+// The same harness as the agent tests (the gateway binary, `eventually`).
 mod guest;
 mod qga_client;
+#[path = "../api/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use gateway::{Gateway, run_cli};
 use guest::{Vm, qemu_or_skip};
 use qga_client::QgaClient;
+use support::eventually;
+use support::gateway::{Gateway, run_cli};
 
 /// The seed example's probes.
 const SEED: &str = "readinessProbe:\n  exec:\n    command: [\"cat\", \"/tmp/healthy.txt\"]\n  timeoutSeconds: 5\nlivenessProbe:\n  guestAgentPing: {}\n  timeoutSeconds: 1\n";
-
-/// Waits for `condition`, checking every 50 ms, up to `limit`; panics naming `what`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
