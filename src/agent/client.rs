@@ -491,9 +491,7 @@ impl AgentTask {
             } => {
                 if reply.is_closed() || deadline <= Instant::now() {
                     // The caller has given up: send nothing to the agent on its behalf.
-                    let _ = reply.send(Err(AgentError::Timeout {
-                        agent_silent: false,
-                    }));
+                    let _ = reply.send(Err(self.expired_error()));
                     return;
                 }
                 if let (Command::Exec { .. }, Some(owner)) = (&command, owner)
@@ -510,6 +508,17 @@ impl AgentTask {
                 });
                 self.advance().await;
             }
+        }
+    }
+
+    /// The answer to a request whose deadline passed before it could be sent: what kept
+    /// it from the agent, as the caller's own timeout would tell it.
+    fn expired_error(&self) -> AgentError {
+        match &self.link {
+            Link::Disconnected { reason, .. } => AgentError::Unavailable(reason.clone()),
+            Link::Connected(connection) => AgentError::Timeout {
+                agent_silent: !matches!(connection.sync, Sync::InStep),
+            },
         }
     }
 
@@ -558,9 +567,7 @@ impl AgentTask {
         }
         if let Some(waiting) = self.waiting.take() {
             if waiting.reply.is_closed() || waiting.deadline <= Instant::now() {
-                let _ = waiting.reply.send(Err(AgentError::Timeout {
-                    agent_silent: false,
-                }));
+                let _ = waiting.reply.send(Err(self.expired_error()));
                 return self.advance_orphans().await;
             }
             let in_flight = InFlight {
@@ -615,22 +622,33 @@ impl AgentTask {
     }
 
     async fn connect(&mut self) {
-        let Link::Disconnected { backoff, .. } = &self.link else {
+        let Link::Disconnected {
+            backoff, reason, ..
+        } = &mut self.link
+        else {
             return;
         };
         let backoff = *backoff;
         let target = self.connector.describe();
+        // What a caller timing out meanwhile is told (a vsock connect can take a while).
+        let previous = reason.clone();
+        *reason = format!("still connecting to {target} (before: {previous})");
+        self.publish();
         let result = timeout(CONNECT_TIMEOUT, self.connector.connect()).await;
         let stream = match result {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
-                return self
-                    .connect_failed(format!("cannot connect to {target}: {error}"), backoff);
+                return self.connect_failed(
+                    format!("cannot connect to {target}: {error}"),
+                    backoff,
+                    &previous,
+                );
             }
             Err(_) => {
                 return self.connect_failed(
                     format!("cannot connect to {target}: no answer within {CONNECT_TIMEOUT:?}"),
                     backoff,
+                    &previous,
                 );
             }
         };
@@ -653,8 +671,9 @@ impl AgentTask {
         self.send_sync().await;
     }
 
-    fn connect_failed(&mut self, reason: String, backoff: Duration) {
-        if !matches!(&self.link, Link::Disconnected { reason: old, .. } if *old == reason) {
+    /// Logs a failure once, not on every retry: `previous` is the reason before this try.
+    fn connect_failed(&mut self, reason: String, backoff: Duration, previous: &str) {
+        if previous != reason {
             tracing::warn!(%reason, "agent unavailable");
         }
         self.link = Link::Disconnected {

@@ -20,8 +20,12 @@ pub type BoxStream = Box<dyn AgentStream>;
 /// The future returned by [`Connect::connect`].
 pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
 
-/// How long opening a stream may take before it counts as failed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a stream (and a hybrid-vsock handshake) may take before it counts as
+/// failed. The kernel's own vsock connect timeout is 2 s or more; a probe's is often 1 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest handshake reply line accepted from a hybrid-vsock socket.
+const MAX_HANDSHAKE_LINE: usize = 64;
 
 /// Something that opens streams to an agent: an [`AgentAddress`], or a test's in-memory peer.
 pub trait Connect: Send + Sync + 'static {
@@ -39,11 +43,98 @@ impl Connect for AgentAddress {
                     let stream = tokio::net::UnixStream::connect(&path).await?;
                     Ok(Box::new(stream) as BoxStream)
                 }
+                AgentAddress::Vsock { cid, port } => {
+                    let address = tokio_vsock::VsockAddr::new(cid, port);
+                    let stream = tokio_vsock::VsockStream::connect(address).await?;
+                    Ok(Box::new(stream) as BoxStream)
+                }
+                AgentAddress::HybridVsock { path, port } => {
+                    let mut stream = tokio::net::UnixStream::connect(&path).await?;
+                    hybrid_handshake(&mut stream, port).await?;
+                    Ok(Box::new(stream) as BoxStream)
+                }
             }
         })
     }
 
     fn describe(&self) -> String {
         self.to_string()
+    }
+}
+
+/// The Firecracker / Cloud Hypervisor handshake: `CONNECT <port>\n`, answered by
+/// `OK <host port>\n`; anything else is a refusal, reported with what the socket said.
+/// The reply is read byte by byte so that nothing after its newline is taken from the
+/// agent's stream.
+pub async fn hybrid_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    port: u32,
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    let mut line = Vec::new();
+    loop {
+        let mut byte = [0u8];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(refused(port, &line, "the socket closed"));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+        if line.len() > MAX_HANDSHAKE_LINE {
+            return Err(refused(port, &line, "no end of line"));
+        }
+    }
+    if line.starts_with(b"OK ") {
+        Ok(())
+    } else {
+        Err(refused(port, &line, "unexpected reply"))
+    }
+}
+
+fn refused(port: u32, line: &[u8], why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "hybrid vsock handshake for port {port} refused ({why}): {:?}",
+            String::from_utf8_lossy(line)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn handshake_against(reply: &'static [u8]) -> (io::Result<()>, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(256);
+        let peer = tokio::spawn(async move {
+            let mut request = vec![0u8; 13];
+            server.read_exact(&mut request).await.unwrap();
+            server.write_all(reply).await.unwrap();
+            request
+        });
+        let result = hybrid_handshake(&mut client, 1234).await;
+        (result, peer.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn hybrid_handshake_sends_connect_and_accepts_ok() {
+        let (result, request) = handshake_against(b"OK 1073741824\n{\"return\": {}}\n").await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(request, b"CONNECT 1234\n");
+    }
+
+    #[tokio::test]
+    async fn a_refused_hybrid_handshake_says_what_the_socket_answered() {
+        let (result, _) = handshake_against(b"ERR no listener\n").await;
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("refused"), "{error}");
+        assert!(error.contains("ERR no listener"), "{error}");
     }
 }

@@ -10,3 +10,4 @@ mod faults;
 mod http_api;
 mod lifecycle;
 mod real_agent;
+mod transports;

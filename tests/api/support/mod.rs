@@ -2,6 +2,7 @@
 
 pub mod fake_agent;
 pub mod gateway;
+pub mod hybrid_vsock;
 pub mod qga;
 
 use std::time::Duration;
