@@ -34,8 +34,9 @@ const QUEUE_DEPTH: usize = 64;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// A connection that lasted this long, with the agent answering, was a good one: after it
-/// ends, reconnect at once. A peer that answers and hangs up sooner gets the backoff.
+/// A connection that served a command, or lasted this long with the agent answering, was
+/// a good one: after it ends, reconnect at once. A peer that answers a resync and hangs up
+/// sooner gets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// A resync unanswered for this long is sent again (with a new id): on a virtio-serial
 /// port whose guest side is not open yet, earlier bytes may never reach an agent.
@@ -270,6 +271,8 @@ struct Connection {
     /// reconnected to in a hot loop.
     backoff: Duration,
     answered: bool,
+    /// A command (not only a resync) was answered on this connection.
+    served: bool,
     connected_at: Instant,
     /// An unparsable line was logged at warn on this connection already.
     warned: bool,
@@ -663,6 +666,7 @@ impl AgentTask {
                 interval: RESYNC_RESEND,
             },
             connected_at: Instant::now(),
+            served: false,
             resync_after_reply: false,
             backoff,
             answered: false,
@@ -763,6 +767,9 @@ impl AgentTask {
         {
             if let Some(in_flight) = self.in_flight.take() {
                 self.has_answered = true;
+                if let Link::Connected(connection) = &mut self.link {
+                    connection.served = true;
+                }
                 let result = reply
                     .outcome
                     .map_err(|e| AgentError::from_reply(in_flight.command.name(), e));
@@ -987,7 +994,8 @@ impl AgentTask {
         ) {
             Link::Connected(connection)
                 if connection.answered
-                    && connection.connected_at.elapsed() >= STABLE_CONNECTION =>
+                    && (connection.served
+                        || connection.connected_at.elapsed() >= STABLE_CONNECTION) =>
             {
                 (now, FIRST_BACKOFF, Some(connection))
             }

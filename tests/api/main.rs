@@ -5,6 +5,7 @@
 
 mod support;
 
+mod agent_faults;
 mod cli;
 mod faults;
 mod http_api;

@@ -75,6 +75,15 @@ impl QemuGa {
         self.dir.path()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Sends `signal` to the agent (SIGSTOP hangs it, SIGCONT resumes it).
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal qemu-ga");
+    }
+
     /// Starts (or restarts) the agent process and waits for its socket.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "agent already running");
