@@ -452,3 +452,104 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One line a real agent may write: a reply, a delimited sync reply, an error with
+    /// escapes, or a reply with a string longer than what is kept.
+    fn agent_line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (any::<u64>(), "[a-z é\"\\\\]{0,20}").prop_map(|(id, text)| format!(
+                "{}\n",
+                serde_json::json!({"return": {"text": text}, "id": id})
+            )
+            .into_bytes()),
+            any::<u32>().prop_map(|id| {
+                let mut line = vec![DELIMITER];
+                line.extend_from_slice(format!("{{\"return\": {id}}}\n").as_bytes());
+                line
+            }),
+            Just(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error, stray '\\ufffd'\"}}\n".to_vec()),
+            (STRING_KEEP_BYTES - 8..STRING_KEEP_BYTES + 64, "[aé\\\\\"]{1,8}").prop_map(|(n, tail)| format!(
+                "{}\n",
+                serde_json::json!({"return": {"out-data": format!("{}{tail}", "A".repeat(n))}, "id": 1})
+            )
+            .into_bytes()),
+        ]
+    }
+
+    /// Anything at all: agent lines or raw garbage (0xFF and newlines included).
+    fn any_piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![agent_line(), proptest::collection::vec(any::<u8>(), 0..64)]
+    }
+
+    fn frames_of(chunks: &[&[u8]]) -> Result<Vec<Frame>, String> {
+        let mut scanner = LineScanner::default();
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            scanner
+                .scan(chunk, &mut frames)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(frames)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn frames_do_not_depend_on_how_the_bytes_are_split(
+            pieces in proptest::collection::vec(any_piece(), 1..12),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..16),
+        ) {
+            let bytes: Vec<u8> = pieces.concat();
+            let whole = frames_of(&[&bytes]);
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            at.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in at {
+                chunks.push(&bytes[start..cut]);
+                start = cut;
+            }
+            chunks.push(&bytes[start..]);
+            prop_assert_eq!(frames_of(&chunks), whole);
+        }
+
+        #[test]
+        fn every_agent_line_stays_valid_json_when_long_strings_are_cut(
+            pieces in proptest::collection::vec(agent_line(), 1..12),
+        ) {
+            let frames = frames_of(&[&pieces.concat()]).map_err(TestCaseError::fail)?;
+            let lines: Vec<_> = frames
+                .iter()
+                .filter_map(|f| match f { Frame::Line(line) => Some(line), _ => None })
+                .collect();
+            prop_assert_eq!(lines.len(), pieces.len());
+            for (line, piece) in lines.iter().zip(&pieces) {
+                let parsed: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                // Either kept whole, or a prefix of the original ending in the cut marker.
+                let start = piece.iter().position(|&b| b == b'{').unwrap_or(0);
+                let original: serde_json::Value = serde_json::from_slice(&piece[start..])
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let (Some(kept), Some(whole)) = (
+                    parsed["return"]["out-data"].as_str(),
+                    original["return"]["out-data"].as_str(),
+                ) else {
+                    prop_assert_eq!(&parsed, &original);
+                    continue;
+                };
+                if kept != whole {
+                    let prefix = kept.strip_suffix(CUT_MARKER);
+                    prop_assert!(prefix.is_some_and(|p| whole.starts_with(p)), "not a marked prefix");
+                    prop_assert!(kept.len() >= STRING_KEEP_BYTES - 8);
+                }
+            }
+        }
+    }
+}
