@@ -18,6 +18,10 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
+# The coverage-guided fuzz target for the agent stream, for a bounded time (before the
+# tests, so that the test runner's summary is the last thing printed).
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
   # .config/nextest.toml runs the integration tests one at a time (they assert deadlines).
   cargo nextest run --locked --no-fail-fast
