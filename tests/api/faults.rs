@@ -296,3 +296,78 @@ async fn output_that_is_not_base64_neither_crashes_nor_wedges_the_probe() {
         assert_eq!(report["stdout"], "");
     }
 }
+
+/// A unix socket whose peer answers every line with `answer(line)`: not an agent.
+fn impostor(
+    answer: fn(&[u8]) -> Vec<u8>,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("impostor.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read);
+                let mut line = Vec::new();
+                while lines
+                    .read_until(b'\n', &mut line)
+                    .await
+                    .is_ok_and(|n| n > 0)
+                {
+                    if write.write_all(&answer(&line)).await.is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (dir, socket, task)
+}
+
+#[tokio::test]
+async fn peers_that_are_not_agents_fail_probes_in_bounded_time_and_the_gateway_keeps_serving() {
+    let garbage: fn(&[u8]) -> Vec<u8> = |_| b"220 smtp.example ESMTP ready\r\n".to_vec();
+    // Answers syncs, but always with an id of its own.
+    let wrong_sync: fn(&[u8]) -> Vec<u8> = |line| {
+        if line.windows(20).any(|w| w == b"guest-sync-delimited") {
+            b"\xff{\"return\": 1}\n".to_vec()
+        } else {
+            b"{\"return\": {}}\n".to_vec()
+        }
+    };
+    for (name, answer) in [("garbage", garbage), ("wrong sync id", wrong_sync)] {
+        let (_dir, socket, task) = impostor(answer);
+        let gateway = Gateway::start(
+            "livenessGraceSeconds: 0\nlivenessProbe:\n  guestAgentPing: {}\n",
+            &socket,
+        );
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (status, report) = gateway.report("/live").await;
+            assert_eq!(
+                (status, report["result"].as_str()),
+                (503, Some("timeout")),
+                "{name}: {report}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(1500),
+                "{name}: {:?}",
+                started.elapsed()
+            );
+            let reason = report["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("the agent did not answer"),
+                "{name}: {reason}"
+            );
+        }
+        assert_eq!(gateway.get("/healthz").await.status, 200, "{name}");
+        task.abort();
+    }
+}
