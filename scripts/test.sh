@@ -15,6 +15,9 @@ if command -v qemu-system-x86_64 >/dev/null; then
   bash tests/vm/build-guest.sh >/dev/null
 fi
 
+# Python tools the tests call (a real Prometheus/OpenMetrics parser).
+python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-test.txt
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use crate::agent::GuestAgent;
 use crate::config::{ProbeKind, Settings};
 use crate::http::{self, AppState, render::Exposure};
+use crate::metrics::Metrics;
 use crate::probe::{Checker, LivenessGrace, Probes};
 
 /// Why the gateway could not start.
@@ -41,7 +43,12 @@ impl Application {
             address: settings.listen,
             source,
         })?;
-        let agent = GuestAgent::spawn(settings.agent.clone(), settings.output_excerpt_bytes);
+        let metrics = Arc::new(Metrics::new());
+        let agent = GuestAgent::spawn(
+            settings.agent.clone(),
+            settings.output_excerpt_bytes,
+            Arc::clone(&metrics),
+        );
         let grace = (!settings.liveness_grace.is_zero()).then(|| LivenessGrace {
             started: Instant::now(),
             window: settings.liveness_grace,
@@ -49,7 +56,13 @@ impl Application {
         let checker = |kind: ProbeKind| {
             settings.probe(kind).map(|spec| {
                 let grace = (kind == ProbeKind::Liveness).then_some(grace).flatten();
-                Checker::new(kind, spec.clone(), agent.clone(), grace)
+                Checker::new(
+                    kind,
+                    spec.clone(),
+                    agent.clone(),
+                    grace,
+                    Arc::clone(&metrics),
+                )
             })
         };
         let state = web::Data::new(AppState {
@@ -60,10 +73,12 @@ impl Application {
             exposure: Exposure {
                 output: settings.expose_output,
             },
+            metrics,
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::count_requests))
                 .configure(http::configure)
         })
         // Probes are light and every handler awaits the agent task: one worker thread

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use crate::agent::{AgentAddress, GuestAgent};
 use crate::app::Application;
 use crate::config::{self, LoadError, Overrides, ProbeKind, Settings};
+use crate::metrics::Metrics;
 use crate::probe::Checker;
 use crate::telemetry::{self, LogFormat};
 
@@ -174,9 +176,14 @@ fn check(args: CheckArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let agent = GuestAgent::spawn(settings.agent.clone(), settings.output_excerpt_bytes);
+        let metrics = Arc::new(Metrics::new());
+        let agent = GuestAgent::spawn(
+            settings.agent.clone(),
+            settings.output_excerpt_bytes,
+            Arc::clone(&metrics),
+        );
         // No liveness grace: a one-off check tells what it finds.
-        let checker = Checker::new(kind, spec, agent.clone(), None);
+        let checker = Checker::new(kind, spec, agent.clone(), None, metrics);
         let started = Instant::now();
         let report = checker.run().await;
         agent.close().await;

@@ -16,5 +16,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod probe;
 pub mod telemetry;

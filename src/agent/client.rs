@@ -28,6 +28,7 @@ use super::framing::{Frame, FrameReader, FramingError};
 use super::protocol::{self, Command, ExecStatus};
 use super::transport::{BoxStream, CONNECT_TIMEOUT, Connect};
 use crate::config::{ExecCommand, ProbeKind};
+use crate::metrics::{CommandOutcome, Metrics};
 
 /// Requests waiting for the agent task; callers beyond this wait (within their deadline).
 const QUEUE_DEPTH: usize = 64;
@@ -111,7 +112,11 @@ struct Handover {
 impl GuestAgent {
     /// Starts the agent task on the current tokio runtime. It connects at once and keeps
     /// reconnecting; `excerpt_bytes` bounds the output kept from a guest process.
-    pub fn spawn(connector: impl Connect, excerpt_bytes: usize) -> GuestAgent {
+    pub fn spawn(
+        connector: impl Connect,
+        excerpt_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> GuestAgent {
         let (requests, inbox) = mpsc::channel(QUEUE_DEPTH);
         let (handovers, handover_inbox) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(LinkStatus {
@@ -138,6 +143,8 @@ impl GuestAgent {
             orphans: BTreeMap::new(),
             next_id: fastrand::u64(1..(1 << 40)),
             has_answered: false,
+            connections: 0,
+            metrics,
         };
         let running = tokio::spawn(task.run());
         // A bug that panics the task must not leave the probes reading a stale "ready".
@@ -343,6 +350,9 @@ struct AgentTask {
     orphans: BTreeMap<ProbeKind, Orphan>,
     next_id: u64,
     has_answered: bool,
+    /// Connections made so far (all after the first are reconnects).
+    connections: u64,
+    metrics: Arc<Metrics>,
 }
 
 /// What woke the task up.
@@ -456,6 +466,12 @@ impl AgentTask {
         for lost in &self.lost_execs {
             guest_processes.entry(lost.owner).or_insert(None);
         }
+        self.metrics
+            .agent_up
+            .set(i64::from(state == LinkState::Ready));
+        self.metrics
+            .guest_processes_running
+            .set(guest_processes.len() as i64);
         let status = LinkStatus {
             state,
             has_answered: self.has_answered,
@@ -655,6 +671,10 @@ impl AgentTask {
                 );
             }
         };
+        if self.connections > 0 {
+            self.metrics.agent_reconnects.inc();
+        }
+        self.connections += 1;
         let (reader, writer) = tokio::io::split(stream);
         tracing::debug!(agent = %target, "connected; resyncing");
         self.link = Link::Connected(Box::new(Connection {
@@ -692,6 +712,7 @@ impl AgentTask {
         let Link::Connected(connection) = &mut self.link else {
             return;
         };
+        self.metrics.agent_resyncs.inc();
         let sync_id = protocol::random_sync_id();
         let (mut ids, interval) = match std::mem::replace(&mut connection.sync, Sync::InStep) {
             Sync::Pending { ids, interval, .. } if !ids.is_empty() => {
@@ -848,6 +869,14 @@ impl AgentTask {
 
     /// Delivers the result of the command that was in flight.
     fn finish(&mut self, mut in_flight: InFlight, result: Result<Value, AgentError>) {
+        let outcome = match &result {
+            Ok(_) => CommandOutcome::ok,
+            Err(AgentError::Timeout { .. }) => CommandOutcome::timeout,
+            Err(AgentError::Unavailable(_)) => CommandOutcome::unavailable,
+            Err(_) => CommandOutcome::error,
+        };
+        self.metrics
+            .record_command(in_flight.command.name(), outcome);
         let Some(reply) = in_flight.reply.take() else {
             return self.on_orphan_status(in_flight, result);
         };

@@ -12,7 +12,7 @@ use crate::config::ProbeKind;
 pub enum ApiError {
     #[error("{0} probe is not configured")]
     NotConfigured(ProbeKind),
-    #[error("not found: the gateway serves /ready, /live and /healthz")]
+    #[error("not found: the gateway serves /ready, /live, /healthz and /metrics")]
     NotFound,
     #[error("method not allowed: use {allow}")]
     MethodNotAllowed { allow: &'static str },

@@ -5,6 +5,7 @@
 //! | `/ready` | GET, HEAD | runs the readiness check: 200 `ok`, 503 reason, 404 if not configured |
 //! | `/live` | GET, HEAD | runs the liveness check, likewise |
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
+//! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |
 //!
 //! `?verbose` gives the text report, `Accept: application/json` the JSON report
 //! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
@@ -17,7 +18,7 @@ mod routes;
 use actix_web::web;
 
 pub use error::{ApiError, ApiErrorResponse};
-pub use routes::AppState;
+pub use routes::{AppState, count_requests};
 
 /// Registers the routes on an actix-web app.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -32,6 +33,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::resource("/live")
                 .route(web::get().to(routes::live))
                 .route(web::head().to(routes::live))
+                .default_service(web::to(routes::method_not_allowed)),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(routes::metrics))
+                .route(web::head().to(routes::metrics))
                 .default_service(web::to(routes::method_not_allowed)),
         )
         .service(

@@ -11,12 +11,14 @@ use super::error::{ApiError, ApiErrorResponse};
 use super::negotiate::{Format, verbose_flag, wants_json};
 use super::render::{self, Exposure};
 use crate::config::ProbeKind;
+use crate::metrics::Metrics;
 use crate::probe::{CheckResult, Checker, ProbeReport, Probes};
 
 /// What every handler shares.
 pub struct AppState {
     pub probes: Probes,
     pub exposure: Exposure,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Past the probe's timeout, the agent task has already answered; this margin only guards
@@ -96,6 +98,34 @@ fn respond(report: &ProbeReport, format: Format, exposure: Exposure) -> HttpResp
             .content_type("application/json")
             .body(render::json(report, exposure)),
     }
+}
+
+/// `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(state.metrics.encode())
+}
+
+/// Counts every response by route and status (the `http_requests_total` metric) and logs
+/// it at debug level.
+pub async fn count_requests(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let metrics = request
+        .app_data::<web::Data<AppState>>()
+        .map(|s| Arc::clone(&s.metrics));
+    let path = request.path().to_string();
+    let response = next.call(request).await?;
+    let status = response.status().as_u16();
+    if let Some(metrics) = metrics {
+        metrics.record_http(&path, status);
+    }
+    // The access log: at debug, since kubelet probes every few seconds (RUST_LOG=debug).
+    tracing::debug!(method = %response.request().method(), %path, status, "request");
+    Ok(response)
 }
 
 /// `GET /healthz`: the gateway serves. Never touches the agent.

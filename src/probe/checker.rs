@@ -10,6 +10,7 @@ use super::checks::{self, Outcome};
 use super::report::{CheckResult, ProbeReport};
 use crate::agent::GuestAgent;
 use crate::config::{Handler, ProbeKind, ProbeSpec};
+use crate::metrics::Metrics;
 
 /// The window after start-up in which a liveness check that cannot reach the agent
 /// passes: a booting guest, or a migration target whose guest has not arrived yet, is
@@ -29,6 +30,7 @@ pub struct Checker {
     spec: ProbeSpec,
     agent: GuestAgent,
     grace: Option<LivenessGrace>,
+    metrics: Arc<Metrics>,
     flight: Mutex<Option<Flight>>,
     /// Pass/fail and reason of the previous check, to log changes once, not every check.
     last: Mutex<Option<(bool, String)>>,
@@ -60,12 +62,14 @@ impl Checker {
         spec: ProbeSpec,
         agent: GuestAgent,
         grace: Option<LivenessGrace>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Checker> {
         Arc::new(Checker {
             kind,
             spec,
             agent,
             grace,
+            metrics,
             flight: Mutex::new(None),
             last: Mutex::new(None),
         })
@@ -142,6 +146,12 @@ impl Checker {
             exec: outcome.exec,
         };
         self.log_change(&report);
+        self.metrics.record_check(
+            self.kind,
+            report.handler,
+            report.result,
+            report.duration.as_secs_f64(),
+        );
         report
     }
 

@@ -129,3 +129,48 @@ async fn malformed_http_gets_a_400_and_the_gateway_keeps_serving() {
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(gateway.get("/live").await.status, 200);
 }
+
+#[tokio::test]
+async fn metrics_count_checks_agent_commands_and_requests() {
+    let agent = QemuGa::start();
+    let config = "readinessProbe:\n  exec:\n    command: [\"false\"]\nlivenessProbe:\n  guestAgentPing: {}\n";
+    let gateway = Gateway::start(config, agent.socket());
+    for _ in 0..2 {
+        assert_eq!(gateway.get("/live").await.status, 200);
+        assert_eq!(gateway.get("/ready").await.status, 503);
+    }
+    assert_eq!(gateway.get("/no/such/thing").await.status, 404);
+    let reply = gateway.get("/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        reply.content_type
+    );
+    let text = reply.body;
+    eprintln!("{text}");
+    for line in [
+        "probe_gateway_checks_total{probe=\"liveness\",handler=\"guestAgentPing\",result=\"success\"} 2",
+        "probe_gateway_checks_total{probe=\"readiness\",handler=\"exec\",result=\"failure\"} 2",
+        "probe_gateway_check_duration_seconds_count{probe=\"readiness\",handler=\"exec\"} 2",
+        "probe_gateway_agent_up 1",
+        "probe_gateway_agent_commands_total{command=\"guest-ping\",outcome=\"ok\"} 2",
+        "probe_gateway_agent_commands_total{command=\"guest-exec\",outcome=\"ok\"} 2",
+        "probe_gateway_guest_processes_running 0",
+        "probe_gateway_http_requests_total{path=\"/ready\",status=\"503\"} 2",
+        "probe_gateway_http_requests_total{path=\"other\",status=\"404\"} 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("probe_gateway_agent_resyncs_total 1"),
+        "{text}"
+    );
+    assert!(!text.contains("/no/such/thing"));
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics (`GET /metrics`): what operators need to see why a probe fails,
+//! since kubelet's events show only the status code. One [`Metrics`] per process; the
+//! agent task, the checkers and the HTTP layer record into it.
+//!
+//! Every label takes values from a closed set (probe, handler, result, command, outcome,
+//! a known path or `other`), so a client cannot grow the series count.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::config::ProbeKind;
+use crate::probe::CheckResult;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub probe: &'static str,
+    pub handler: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: &'static str,
+    pub handler: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    pub outcome: CommandOutcome,
+}
+
+/// How one agent command ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CommandOutcome {
+    ok,
+    error,
+    timeout,
+    unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub path: &'static str,
+    pub status: u16,
+}
+
+/// Check durations: 100 µs (a local ping) to 30 s (the longest sensible exec timeout),
+/// in the 1-2.5-5 steps dashboards expect.
+const DURATION_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The gateway's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    checks: Family<CheckLabels, Counter>,
+    check_duration: Family<ProbeLabels, Histogram>,
+    pub agent_up: Gauge,
+    pub agent_reconnects: Counter,
+    pub agent_resyncs: Counter,
+    agent_commands: Family<CommandLabels, Counter>,
+    pub guest_processes_running: Gauge,
+    http_requests: Family<HttpLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("probe_gateway");
+        let checks = Family::default();
+        let check_duration = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS)
+        });
+        let agent_up = Gauge::default();
+        let agent_reconnects = Counter::default();
+        let agent_resyncs = Counter::default();
+        let agent_commands = Family::default();
+        let guest_processes_running = Gauge::default();
+        let http_requests = Family::default();
+        registry.register(
+            "checks",
+            "Checks run, by probe, handler and result (success, failure, timeout, error)",
+            checks.clone(),
+        );
+        registry.register(
+            "check_duration_seconds",
+            "How long checks took",
+            check_duration.clone(),
+        );
+        registry.register(
+            "agent_up",
+            "1 while the agent connection is up and in step, else 0",
+            agent_up.clone(),
+        );
+        registry.register(
+            "agent_reconnects",
+            "Connections made to the agent after the first",
+            agent_reconnects.clone(),
+        );
+        registry.register(
+            "agent_resyncs",
+            "guest-sync-delimited resyncs sent (on connect, after timeouts and garbage)",
+            agent_resyncs.clone(),
+        );
+        registry.register(
+            "agent_commands",
+            "Agent commands, by command and outcome",
+            agent_commands.clone(),
+        );
+        registry.register(
+            "guest_processes_running",
+            "Guest processes of timed-out exec checks still running in the guest",
+            guest_processes_running.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests, by path (a known route or \"other\") and status",
+            http_requests.clone(),
+        );
+        Metrics {
+            registry,
+            checks,
+            check_duration,
+            agent_up,
+            agent_reconnects,
+            agent_resyncs,
+            agent_commands,
+            guest_processes_running,
+            http_requests,
+        }
+    }
+
+    pub fn record_check(
+        &self,
+        probe: ProbeKind,
+        handler: &'static str,
+        result: CheckResult,
+        seconds: f64,
+    ) {
+        self.checks
+            .get_or_create(&CheckLabels {
+                probe: probe.as_str(),
+                handler,
+                result: result.as_str(),
+            })
+            .inc();
+        self.check_duration
+            .get_or_create(&ProbeLabels {
+                probe: probe.as_str(),
+                handler,
+            })
+            .observe(seconds);
+    }
+
+    pub fn record_command(&self, command: &'static str, outcome: CommandOutcome) {
+        self.agent_commands
+            .get_or_create(&CommandLabels { command, outcome })
+            .inc();
+    }
+
+    pub fn record_http(&self, path: &str, status: u16) {
+        let path = match path {
+            "/ready" => "/ready",
+            "/live" => "/live",
+            "/healthz" => "/healthz",
+            "/metrics" => "/metrics",
+            _ => "other",
+        };
+        self.http_requests
+            .get_or_create(&HttpLabels { path, status })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_documented_names_and_closed_label_sets() {
+        let metrics = Metrics::new();
+        metrics.record_check(ProbeKind::Readiness, "exec", CheckResult::Failure, 0.012);
+        metrics.record_command("guest-ping", CommandOutcome::timeout);
+        metrics.record_http("/no/such/path", 404);
+        metrics.agent_up.set(1);
+        let text = metrics.encode();
+        for line in [
+            "probe_gateway_checks_total{probe=\"readiness\",handler=\"exec\",result=\"failure\"} 1",
+            "probe_gateway_agent_commands_total{command=\"guest-ping\",outcome=\"timeout\"} 1",
+            "probe_gateway_http_requests_total{path=\"other\",status=\"404\"} 1",
+            "probe_gateway_agent_up 1",
+            "probe_gateway_check_duration_seconds_count{probe=\"readiness\",handler=\"exec\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("/no/such/path"));
+    }
+}
