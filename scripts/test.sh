@@ -25,6 +25,9 @@ cargo clippy --locked --all-targets -- -D warnings
 # tests, so that the test runner's summary is the last thing printed).
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
 
+# The HTTP API against its OpenAPI document: validator, generated client, schemathesis.
+scripts/api-contract.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
   # .config/nextest.toml runs the integration tests one at a time (they assert deadlines).
   cargo nextest run --locked --no-fail-fast

@@ -42,6 +42,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Validate a config file (or VM manifest) and print a one-line summary.
     Validate(ValidateArgs),
+    /// Print the HTTP API's OpenAPI document (JSON).
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +99,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
         Command::Validate(args) => validate(args),
+        Command::Openapi => {
+            print!("{}", crate::http::openapi::document());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -20,6 +20,14 @@ pub enum ApiError {
     BadQuery(String),
 }
 
+/// The JSON body of an error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for people.
+    #[schema(example = "readiness probe is not configured")]
+    pub error: String,
+}
+
 /// An [`ApiError`] rendered in the form the client accepts.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
@@ -47,7 +55,7 @@ impl ResponseError for ApiErrorResponse {
         if self.json {
             response
                 .content_type("application/json")
-                .body(serde_json::json!({ "error": message }).to_string())
+                .body(serde_json::to_string(&ErrorBody { error: message }).unwrap_or_default())
         } else {
             response
                 .content_type("text/plain; charset=utf-8")

@@ -6,12 +6,14 @@
 //! | `/live` | GET, HEAD | runs the liveness check, likewise |
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
 //! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |
+//! | `/openapi.json` | GET | the OpenAPI document ([`openapi`]) |
 //!
 //! `?verbose` gives the text report, `Accept: application/json` the JSON report
 //! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
 
 mod error;
 pub mod negotiate;
+pub mod openapi;
 pub mod render;
 mod routes;
 
@@ -40,6 +42,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::get().to(routes::metrics))
                 .route(web::head().to(routes::metrics))
                 .default_service(web::to(routes::method_not_allowed)),
+        )
+        .service(
+            web::resource("/openapi.json")
+                .route(web::get().to(routes::openapi_json))
+                .default_service(web::to(routes::method_not_allowed_get)),
         )
         .service(
             web::resource("/healthz")

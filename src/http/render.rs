@@ -53,16 +53,24 @@ pub fn verbose(report: &ProbeReport, exposure: Exposure) -> String {
     }
     let json = JsonReport::new(report, exposure);
     let _ = writeln!(text, "    result: {}", json.result.as_str());
-    if let Some(exec) = &json.exec {
-        let shown = |v: Option<i64>| v.map_or("null".to_string(), |v| v.to_string());
-        let _ = writeln!(text, "    exitCode: {}", shown(exec.exit_code));
-        let _ = writeln!(text, "    signal: {}", shown(exec.signal));
-        if let Some(output) = &exec.output {
-            let _ = writeln!(text, "    stdout: {:?}", output.stdout);
-            let _ = writeln!(text, "    stdoutTruncated: {}", output.stdout_truncated);
-            let _ = writeln!(text, "    stderr: {:?}", output.stderr);
-            let _ = writeln!(text, "    stderrTruncated: {}", output.stderr_truncated);
-        }
+    let shown = |v: Option<i64>| v.map_or("null".to_string(), |v| v.to_string());
+    if let (Some(exit_code), Some(signal)) = (json.exit_code, json.signal) {
+        let _ = writeln!(text, "    exitCode: {}", shown(exit_code));
+        let _ = writeln!(text, "    signal: {}", shown(signal));
+    }
+    if let (Some(stdout), Some(stderr)) = (&json.stdout, &json.stderr) {
+        let _ = writeln!(text, "    stdout: {stdout:?}");
+        let _ = writeln!(
+            text,
+            "    stdoutTruncated: {}",
+            json.stdout_truncated.unwrap_or(false)
+        );
+        let _ = writeln!(text, "    stderr: {stderr:?}");
+        let _ = writeln!(
+            text,
+            "    stderrTruncated: {}",
+            json.stderr_truncated.unwrap_or(false)
+        );
     }
     let _ = writeln!(text, "    durationSeconds: {}", json.duration_seconds);
     let _ = writeln!(text, "    checkedAt: {}", json.checked_at);
@@ -78,40 +86,53 @@ pub fn json(report: &ProbeReport, exposure: Exposure) -> String {
 }
 
 /// The JSON report's shape: exactly these fields (the API contract).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JsonReport {
+    #[schema(value_type = String, pattern = "^(readiness|liveness)$", example = "readiness")]
     pub probe: &'static str,
+    #[schema(value_type = String, pattern = "^(exec|guestAgentPing)$", example = "exec")]
     pub handler: &'static str,
+    /// What kubelet sees: `success` is 200, `failure` is 503.
+    #[schema(value_type = String, pattern = "^(success|failure)$", example = "failure")]
     pub status: &'static str,
     pub result: CheckResult,
+    /// Why the check failed; null on success unless there is a note (the liveness grace).
+    #[schema(example = "exec: exit code 1", required = true)]
     pub reason: Option<String>,
+    /// How long the check took.
+    #[schema(minimum = 0.0, example = 0.013)]
     pub duration_seconds: f64,
+    /// When the check started (RFC 3339).
+    #[schema(format = DateTime, example = "2026-11-25T02:03:04.123Z")]
     pub checked_at: String,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<JsonExec>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JsonExec {
-    pub exit_code: Option<i64>,
-    pub signal: Option<i64>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub output: Option<JsonOutput>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JsonOutput {
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
+    /// Exec checks only: the guest process's exit code; null if it was killed or gave none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub exit_code: Option<Option<i64>>,
+    /// Exec checks only: the signal that killed the guest process, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub signal: Option<Option<i64>>,
+    /// Exec checks with `exposeOutput: true` only: a lossy UTF-8 excerpt of stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Exec checks with `exposeOutput: true` only: a lossy UTF-8 excerpt of stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// With `stdout`: the excerpt or the agent cut the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_truncated: Option<bool>,
+    /// With `stderr`: the excerpt or the agent cut the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_truncated: Option<bool>,
 }
 
 impl JsonReport {
     pub fn new(report: &ProbeReport, exposure: Exposure) -> Self {
+        let exec = (report.handler == "exec").then(|| report.exec.clone().unwrap_or_default());
+        let output = exec.as_ref().filter(|_| exposure.output);
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
         JsonReport {
             probe: report.probe.as_str(),
             handler: report.handler,
@@ -124,19 +145,12 @@ impl JsonReport {
             reason: report.reason.clone(),
             duration_seconds: (report.duration.as_secs_f64() * 1e6).round() / 1e6,
             checked_at: humantime::format_rfc3339_millis(report.checked_at).to_string(),
-            exec: (report.handler == "exec").then(|| {
-                let details = report.exec.clone().unwrap_or_default();
-                JsonExec {
-                    exit_code: details.exit_code,
-                    signal: details.signal,
-                    output: exposure.output.then(|| JsonOutput {
-                        stdout: String::from_utf8_lossy(&details.stdout.bytes).into_owned(),
-                        stderr: String::from_utf8_lossy(&details.stderr.bytes).into_owned(),
-                        stdout_truncated: details.stdout.truncated,
-                        stderr_truncated: details.stderr.truncated,
-                    }),
-                }
-            }),
+            exit_code: exec.as_ref().map(|e| e.exit_code),
+            signal: exec.as_ref().map(|e| e.signal),
+            stdout: output.map(|e| text(&e.stdout.bytes)),
+            stderr: output.map(|e| text(&e.stderr.bytes)),
+            stdout_truncated: output.map(|e| e.stdout.truncated),
+            stderr_truncated: output.map(|e| e.stderr.truncated),
         }
     }
 }

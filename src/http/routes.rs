@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
-use super::error::{ApiError, ApiErrorResponse};
+use super::error::{ApiError, ApiErrorResponse, ErrorBody};
 use super::negotiate::{Format, verbose_flag, wants_json};
-use super::render::{self, Exposure};
+use super::render::{self, Exposure, JsonReport};
 use crate::config::ProbeKind;
 use crate::metrics::Metrics;
 use crate::probe::{CheckResult, Checker, ProbeReport, Probes};
@@ -25,6 +25,32 @@ pub struct AppState {
 /// the promise that a response comes within `timeoutSeconds` + 0.5 s whatever happens.
 const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
 
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "probes",
+    summary = "Run the readiness check",
+    description = "Runs the configured readiness check (exec or guestAgentPing) through the guest agent. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body.",
+    params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
+    responses(
+        (status = 200, description = "The check passed.", content(
+            (String = "text/plain", example = "ok"),
+            (JsonReport = "application/json"),
+        )),
+        (status = 503, description = "The check failed; the text body is the one-line reason.", content(
+            (String = "text/plain", example = "exec: exit code 1"),
+            (JsonReport = "application/json"),
+        )),
+        (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+        (status = 404, description = "This probe is not configured.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+    )
+)]
 pub async fn ready(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -32,6 +58,32 @@ pub async fn ready(
     probe(ProbeKind::Readiness, &request, &state).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/live",
+    tag = "probes",
+    summary = "Run the liveness check",
+    description = "Runs the configured liveness check. Until the agent has answered once, a failure to reach it passes within livenessGraceSeconds, with a note in reason. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body.",
+    params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
+    responses(
+        (status = 200, description = "The check passed.", content(
+            (String = "text/plain", example = "ok"),
+            (JsonReport = "application/json"),
+        )),
+        (status = 503, description = "The check failed; the text body is the one-line reason.", content(
+            (String = "text/plain", example = "exec: exit code 1"),
+            (JsonReport = "application/json"),
+        )),
+        (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+        (status = 404, description = "This probe is not configured.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+    )
+)]
 pub async fn live(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -101,11 +153,33 @@ fn respond(report: &ProbeReport, format: Format, exposure: Exposure) -> HttpResp
 }
 
 /// `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format.",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body(state.metrics.encode())
+}
+
+/// `GET /openapi.json`: this API's OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "The OpenAPI document",
+    responses((status = 200, description = "The OpenAPI document of this API.", content_type = "application/json", body = Object)),
+)]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::openapi::document())
 }
 
 /// Counts every response by route and status (the `http_requests_total` metric) and logs
@@ -129,6 +203,14 @@ pub async fn count_requests(
 }
 
 /// `GET /healthz`: the gateway serves. Never touches the agent.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Is the gateway serving",
+    description = "200 while the gateway serves. Never touches the agent.",
+    responses((status = 200, description = "The gateway serves.", content_type = "text/plain", body = String, example = "ok")),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
@@ -139,6 +221,14 @@ pub async fn healthz() -> HttpResponse {
 pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
     ApiErrorResponse {
         error: ApiError::MethodNotAllowed { allow: "GET, HEAD" },
+        json: accepts_json(&request),
+    }
+    .error_response()
+}
+
+pub async fn method_not_allowed_get(request: HttpRequest) -> HttpResponse {
+    ApiErrorResponse {
+        error: ApiError::MethodNotAllowed { allow: "GET" },
         json: accepts_json(&request),
     }
     .error_response()

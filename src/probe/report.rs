@@ -7,7 +7,7 @@ use crate::config::ProbeKind;
 
 /// How a check ended. `Failure`: the check ran and failed; `Timeout`: it did not finish
 /// in time; `Error`: the agent could not run it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckResult {
     Success,
