@@ -126,7 +126,7 @@ impl Metrics {
         );
         registry.register(
             "http_requests",
-            "HTTP requests, by path (a known route or \"other\") and status",
+            "HTTP requests, by path (a known route, /docs for the Swagger UI, or \"other\") and status",
             http_requests.clone(),
         );
         Metrics {
@@ -176,6 +176,8 @@ impl Metrics {
             "/live" => "/live",
             "/healthz" => "/healthz",
             "/metrics" => "/metrics",
+            "/openapi.json" => "/openapi.json",
+            p if p == "/docs" || p.starts_with("/docs/") => "/docs",
             _ => "other",
         };
         self.http_requests

@@ -7,6 +7,7 @@
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
 //! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |
 //! | `/openapi.json` | GET | the OpenAPI document ([`openapi`]) |
+//! | `/docs/` | GET | Swagger UI for that document (assets built in: works offline) |
 //!
 //! `?verbose` gives the text report, `Accept: application/json` the JSON report
 //! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
@@ -53,6 +54,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::get().to(routes::healthz))
                 .route(web::head().to(routes::healthz))
                 .default_service(web::to(routes::method_not_allowed)),
+        )
+        .service(web::resource("/docs").route(web::get().to(routes::docs_redirect)))
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),
         )
         .default_service(web::to(routes::not_found));
 }

@@ -174,3 +174,30 @@ async fn metrics_count_checks_agent_commands_and_requests() {
     );
     assert!(!text.contains("/no/such/thing"));
 }
+
+#[tokio::test]
+async fn swagger_ui_is_served_offline_for_the_served_document() {
+    let agent = QemuGa::not_started();
+    let gateway = Gateway::start(PING_BOTH, agent.socket());
+    let page = gateway.get("/docs/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    assert!(page.body.contains("swagger-ui"), "{}", page.body);
+    let initializer = gateway.get("/docs/swagger-initializer.js").await;
+    assert_eq!(initializer.status, 200);
+    assert!(
+        initializer.body.contains("/openapi.json"),
+        "{}",
+        initializer.body
+    );
+    let bundle = gateway.get("/docs/swagger-ui-bundle.js").await;
+    assert_eq!(bundle.status, 200);
+    assert!(bundle.body.len() > 100_000, "the bundled UI is missing");
+    let document = gateway.get("/openapi.json").await;
+    assert_eq!(document.status, 200);
+    assert_eq!(document.json()["openapi"], "3.1.0");
+}
