@@ -362,3 +362,37 @@ spec:
     assert_eq!(gateway.get("/ready").await.status, 503);
     assert_eq!(gateway.get("/live").await.status, 404);
 }
+
+#[tokio::test]
+async fn the_log_has_one_info_event_per_state_change_with_the_reason_and_output() {
+    let agent = QemuGa::start();
+    let file = agent.dir().join("healthy.txt");
+    let config = format!(
+        "readinessProbe:\n  exec:\n    command: [\"cat\", \"{}\"]\n",
+        file.display()
+    );
+    let gateway = Gateway::start(&config, agent.socket());
+    for _ in 0..5 {
+        assert_eq!(gateway.get("/ready").await.status, 503);
+    }
+    std::fs::write(&file, "fine").unwrap();
+    for _ in 0..3 {
+        assert_eq!(gateway.get("/ready").await.status, 200);
+    }
+    let events: Vec<_> = gateway
+        .logs()
+        .into_iter()
+        .filter(|e| e["probe"] == "readiness" && e["level"] == "INFO")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[0]["message"], "probe failed");
+    assert_eq!(events[0]["reason"], "exec: exit code 1");
+    assert_eq!(events[0]["exit_code"], 1);
+    assert!(
+        events[0]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("No such file or directory")
+    );
+    assert_eq!(events[1]["message"], "probe passed");
+}
