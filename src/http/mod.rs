@@ -55,10 +55,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::head().to(routes::healthz))
                 .default_service(web::to(routes::method_not_allowed)),
         )
+        .default_service(web::to(routes::not_found));
+    #[cfg(feature = "swagger-ui")]
+    config
         .service(web::resource("/docs").route(web::get().to(routes::docs_redirect)))
         .service(
             utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
                 .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),
-        )
-        .default_service(web::to(routes::not_found));
+        );
 }

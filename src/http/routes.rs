@@ -183,6 +183,7 @@ pub async fn openapi_json() -> HttpResponse {
 }
 
 /// `GET /docs`: on to the Swagger UI at `/docs/` (its assets are relative to it).
+#[cfg(feature = "swagger-ui")]
 pub async fn docs_redirect() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/docs/"))

@@ -175,6 +175,7 @@ async fn metrics_count_checks_agent_commands_and_requests() {
     assert!(!text.contains("/no/such/thing"));
 }
 
+#[cfg(feature = "swagger-ui")]
 #[tokio::test]
 async fn swagger_ui_is_served_offline_for_the_served_document() {
     let agent = QemuGa::not_started();
