@@ -76,8 +76,6 @@ pub struct LinkStatus {
     pub state: LinkState,
     /// The agent has answered at least once since the gateway started.
     pub has_answered: bool,
-    /// Guest processes still running after their checks gave up, by probe.
-    pub guest_processes: BTreeMap<ProbeKind, Option<i64>>,
 }
 
 /// Handle to the agent task. Cheap to clone; the task ends when [`GuestAgent::close`] is
@@ -122,7 +120,6 @@ impl GuestAgent {
         let (status_tx, status) = watch::channel(LinkStatus {
             state: LinkState::Disconnected("not connected yet".into()),
             has_answered: false,
-            guest_processes: BTreeMap::new(),
         });
         let (close_tx, close_rx) = oneshot::channel();
         let status_tx = Arc::new(status_tx);
@@ -172,14 +169,6 @@ impl GuestAgent {
     /// The task's current view of the link.
     pub fn status(&self) -> LinkStatus {
         self.status.borrow().clone()
-    }
-
-    /// Waits until the link is ready or `deadline` passes; true if ready.
-    pub async fn wait_ready(&self, deadline: Instant) -> bool {
-        let mut status = self.status.clone();
-        timeout_at(deadline, status.wait_for(|s| s.state == LinkState::Ready))
-            .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// `guest-ping`.
@@ -458,24 +447,20 @@ impl AgentTask {
                 Sync::Pending { .. } => LinkState::Syncing,
             },
         };
-        let mut guest_processes: BTreeMap<ProbeKind, Option<i64>> = self
-            .orphans
-            .iter()
-            .map(|(owner, orphan)| (*owner, Some(orphan.pid)))
-            .collect();
-        for lost in &self.lost_execs {
-            guest_processes.entry(lost.owner).or_insert(None);
-        }
+        // Abandoned processes, and timed-out guest-execs whose process may be running.
+        let running = self.orphans.len()
+            + self
+                .lost_execs
+                .iter()
+                .filter(|lost| !self.orphans.contains_key(&lost.owner))
+                .count();
         self.metrics
             .agent_up
             .set(i64::from(state == LinkState::Ready));
-        self.metrics
-            .guest_processes_running
-            .set(guest_processes.len() as i64);
+        self.metrics.guest_processes_running.set(running as i64);
         let status = LinkStatus {
             state,
             has_answered: self.has_answered,
-            guest_processes,
         };
         self.status.send_if_modified(|current| {
             if *current == status {

@@ -9,8 +9,7 @@ mod report;
 use std::sync::Arc;
 
 pub use checker::{Checker, LivenessGrace};
-pub use checks::Outcome;
-pub use report::{CheckResult, ExecDetails, ProbeReport, signal_name};
+pub use report::{CheckResult, ExecDetails, ProbeReport};
 
 use crate::config::ProbeKind;
 
