@@ -1,6 +1,8 @@
-//! Building and running the gateway: [`Application::build`] binds the port and starts the
-//! agent client; [`Application::run_until_stopped`] serves until SIGTERM or SIGINT, then
-//! drains in-flight requests within the shutdown grace and closes the agent connection.
+//! Building and running the gateway: [`Application::build`] binds the port, puts the checks
+//! in force (or, in KubeVirt hook mode, starts the hook services and waits for the VM's
+//! definition); [`Application::run_until_stopped`] serves until SIGTERM, SIGINT or KubeVirt's
+//! Shutdown hook, then drains in-flight requests within the shutdown grace and closes the
+//! agent connection.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -8,13 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::agent::GuestAgent;
-use crate::config::{ProbeKind, Settings};
-use crate::http::{self, AppState, render::Exposure};
+use crate::config::{GatewayFile, Overrides, Settings};
+use crate::http::{self, AppState};
+use crate::kubevirt::{HookEvent, HookServer, HookSetup, hook::HookError};
 use crate::metrics::Metrics;
-use crate::probe::{Checker, LivenessGrace, Probes};
+use crate::probe::{CheckSet, ChecksInForce};
+
+/// What `/ready` and `/live` say in hook mode before `OnDefineDomain`.
+pub const WAITING_FOR_DEFINITION: &str = "waiting for the VM definition: the checks come from \
+    the VMI's probe-gateway.kubevirt.io/probes annotation at KubeVirt's OnDefineDomain hook";
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,56 +31,70 @@ pub enum StartError {
         address: SocketAddr,
         source: io::Error,
     },
+    #[error("kubevirt hook: {0}")]
+    Hook(#[from] HookError),
 }
 
-/// A built gateway: bound, agent client running, not yet serving.
+/// KubeVirt hook mode: how to set the hook up, and how to resolve the settings of the
+/// checks the VMI brings (the flags and environment given at start).
+pub struct HookMode {
+    pub setup: HookSetup,
+    pub overrides: Overrides,
+}
+
+/// The hook services and what they report.
+struct Hook {
+    server: HookServer,
+    events: mpsc::UnboundedReceiver<HookEvent>,
+    overrides: Overrides,
+}
+
+/// A built gateway: bound, checks in force or awaited, not yet serving.
 pub struct Application {
     server: actix_web::dev::Server,
     local_addr: SocketAddr,
-    agent: GuestAgent,
+    checks: Arc<ChecksInForce>,
+    metrics: Arc<Metrics>,
+    hook: Option<Hook>,
     shutdown_grace: Duration,
 }
 
 impl Application {
-    /// Binds the listen address and starts the agent client. Must run inside an actix
-    /// system (`actix_web::rt::System`).
-    pub fn build(settings: Settings) -> Result<Application, StartError> {
+    /// Binds the listen address and puts `settings`' checks in force; in hook mode whose
+    /// checks come from the VMI, starts the hook services instead and waits. Must run
+    /// inside an actix system (`actix_web::rt::System`).
+    pub fn build(
+        settings: Settings,
+        hook_mode: Option<HookMode>,
+    ) -> Result<Application, StartError> {
         let listener = bind(settings.listen)?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             address: settings.listen,
             source,
         })?;
         let metrics = Arc::new(Metrics::new());
-        let agent = GuestAgent::spawn(
-            settings.agent.clone(),
-            settings.output_excerpt_bytes,
-            Arc::clone(&metrics),
-        );
-        let grace = (!settings.liveness_grace.is_zero()).then(|| LivenessGrace {
-            started: Instant::now(),
-            window: settings.liveness_grace,
-        });
-        let checker = |kind: ProbeKind| {
-            settings.probe(kind).map(|spec| {
-                let grace = (kind == ProbeKind::Liveness).then_some(grace).flatten();
-                Checker::new(
-                    kind,
-                    spec.clone(),
-                    agent.clone(),
-                    grace,
-                    Arc::clone(&metrics),
-                )
-            })
+        let shutdown_grace = settings.shutdown_grace;
+        let agent = settings.agent.to_string();
+        let waits = hook_mode
+            .as_ref()
+            .is_some_and(|mode| mode.setup.checks_from_vmi);
+        let initial = (!waits).then(|| CheckSet::start(settings, &metrics));
+        let checks = Arc::new(ChecksInForce::new(initial, WAITING_FOR_DEFINITION));
+        let hook = match hook_mode {
+            Some(HookMode { setup, overrides }) => {
+                let (events_tx, events) = mpsc::unbounded_channel();
+                let server = HookServer::start(&setup, events_tx)?;
+                Some(Hook {
+                    server,
+                    events,
+                    overrides,
+                })
+            }
+            None => None,
         };
         let state = web::Data::new(AppState {
-            probes: Probes {
-                readiness: checker(ProbeKind::Readiness),
-                liveness: checker(ProbeKind::Liveness),
-            },
-            exposure: Exposure {
-                output: settings.expose_output,
-            },
-            metrics,
+            checks: Arc::clone(&checks),
+            metrics: Arc::clone(&metrics),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -86,19 +107,26 @@ impl Application {
         .workers(1)
         .max_connections(1024)
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_grace.as_secs())
+        .shutdown_timeout(shutdown_grace.as_secs())
         .listen(listener)
         .map_err(|source| StartError::Bind {
             address: local_addr,
             source,
         })?
         .run();
-        tracing::info!(address = %local_addr, agent = %settings.agent, "listening");
+        let checks_from = if waits {
+            "the VMI, at OnDefineDomain"
+        } else {
+            "the config"
+        };
+        tracing::info!(address = %local_addr, %agent, checks_from, "listening");
         Ok(Application {
             server,
             local_addr,
-            agent,
-            shutdown_grace: settings.shutdown_grace,
+            checks,
+            metrics,
+            hook,
+            shutdown_grace,
         })
     }
 
@@ -107,31 +135,62 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    /// Serves until SIGTERM, SIGINT or KubeVirt's Shutdown hook, then shuts down gracefully.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Application {
             server,
-            agent,
+            checks,
+            metrics,
+            hook,
             shutdown_grace,
             ..
         } = self;
+        let (hook_server, mut hook_events, overrides) = match hook {
+            Some(Hook {
+                server,
+                events,
+                overrides,
+            }) => (Some(server), Some(events), Some(overrides)),
+            None => (None, None, None),
+        };
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
-        tokio::select! {
-            result = &mut serving => {
-                agent.close().await;
-                return result.map_err(io::Error::other)?;
-            }
-            signal = stop_signal() => match signal {
-                Ok(signal) => tracing::info!(signal, grace_seconds = shutdown_grace.as_secs(), "shutting down: draining in-flight requests"),
-                Err(error) => {
-                    tracing::error!(%error, "cannot wait for signals; stopping");
-                    handle.stop(false).await;
-                    agent.close().await;
-                    return Err(error);
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        let reason = loop {
+            tokio::select! {
+                result = &mut serving => {
+                    close(&checks, hook_server, shutdown_grace).await;
+                    return result.map_err(io::Error::other)?;
                 }
+                signal = &mut stop => match signal {
+                    Ok(signal) => break signal,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot wait for signals; stopping");
+                        handle.stop(false).await;
+                        close(&checks, hook_server, shutdown_grace).await;
+                        return Err(error);
+                    }
+                },
+                Some(event) = next_event(&mut hook_events) => match event {
+                    HookEvent::Defined { checks: file, applied } => {
+                        let outcome = match (file, &overrides) {
+                            (Some(file), Some(overrides)) => {
+                                apply_definition(&checks, *file, overrides, &metrics)
+                            }
+                            _ => Ok(()),
+                        };
+                        let _ = applied.send(outcome);
+                    }
+                    HookEvent::Shutdown => break "KubeVirt's Shutdown hook",
+                },
             }
-        }
+        };
+        tracing::info!(
+            reason,
+            grace_seconds = shutdown_grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
         let started = Instant::now();
         handle.stop(true).await;
         let _ = serving.await;
@@ -140,9 +199,50 @@ impl Application {
                 "shutdown grace elapsed with requests still in flight; they were dropped"
             );
         }
-        agent.close().await;
+        close(&checks, hook_server, shutdown_grace).await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The next hook event, or never when there is no hook (so `select!` ignores the branch).
+async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<HookEvent>>) -> Option<HookEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Puts the VMI's checks in force. The same checks again (a migration target's second
+/// definition, a retry) keep the set and its connection; other checks replace it.
+fn apply_definition(
+    checks: &ChecksInForce,
+    file: GatewayFile,
+    overrides: &Overrides,
+    metrics: &Arc<Metrics>,
+) -> Result<(), String> {
+    let summary = file.summary();
+    let settings = Settings::resolve(file, overrides.clone()).map_err(|e| e.to_string())?;
+    if let Ok(current) = checks.current()
+        && current.settings == settings
+    {
+        tracing::info!("the VM is defined again with the same checks; kept");
+        return Ok(());
+    }
+    tracing::info!(checks = %summary, "the VM is defined: its checks are in force");
+    if let Some(old) = checks.replace(CheckSet::start(settings, metrics)) {
+        tokio::spawn(async move { old.agent.close().await });
+    }
+    Ok(())
+}
+
+/// Stops the hook services and closes the agent connection of the checks in force.
+async fn close(checks: &ChecksInForce, hook: Option<HookServer>, grace: Duration) {
+    if let Some(hook) = hook {
+        hook.stop(grace).await;
+    }
+    if let Some(set) = checks.take() {
+        set.agent.close().await;
     }
 }
 

@@ -14,8 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
 use crate::agent::{AgentAddress, GuestAgent};
-use crate::app::Application;
-use crate::config::{self, LoadError, Overrides, ProbeKind, Settings};
+use crate::app::{Application, HookMode};
+use crate::config::{self, GatewayFile, LoadError, Overrides, ProbeKind, Settings};
+use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
 use crate::probe::Checker;
 use crate::telemetry::{self, LogFormat};
@@ -48,9 +49,23 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Config file: gateway config, or a KubeVirt VirtualMachine / VirtualMachineInstance manifest (YAML or JSON).
-    #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    /// Config file: gateway config, or a KubeVirt VirtualMachine / VirtualMachineInstance manifest (YAML or JSON). Optional with --kubevirt-hook, where the checks come from the VMI.
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_CONFIG",
+        value_name = "FILE",
+        required_unless_present = "kubevirt_hook"
+    )]
+    pub config: Option<PathBuf>,
+    /// Run as a KubeVirt hook sidecar: serve KubeVirt's hook gRPC services in --hooks-dir, add a private agent channel to the VM at OnDefineDomain, take the checks from the VMI's probe-gateway.kubevirt.io/probes annotation, and exit 0 at the Shutdown hook.
+    #[arg(long, env = "PROBE_GATEWAY_KUBEVIRT_HOOK")]
+    pub kubevirt_hook: bool,
+    /// The hooks directory, as mounted in this container (hook mode).
+    #[arg(long, env = "PROBE_GATEWAY_HOOKS_DIR", value_name = "DIR", default_value = crate::kubevirt::hook::KUBEVIRT_HOOKS_DIR)]
+    pub hooks_dir: PathBuf,
+    /// This sidecar's container name, which names its directory in the compute container (hook mode; KubeVirt sets CONTAINER_NAME).
+    #[arg(long, env = "CONTAINER_NAME", value_name = "NAME", default_value = crate::kubevirt::hook::DEFAULT_CONTAINER_NAME)]
+    pub container_name: String,
     /// Address to listen on [default: [::]:8080, or 0.0.0.0:8080 without IPv6].
     #[arg(long, env = "PROBE_GATEWAY_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -129,13 +144,48 @@ fn serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         agent: args.agent,
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
+        default_agent: None,
     };
-    let settings = match load_settings(&args.config, overrides) {
+    let file = match &args.config {
+        Some(path) => match config::load(path) {
+            Ok(file) => file,
+            Err(error) => return config_error(&error),
+        },
+        None => GatewayFile::empty(),
+    };
+    let hook_mode = args.kubevirt_hook.then(|| {
+        let setup = HookSetup {
+            hooks_dir: args.hooks_dir.clone(),
+            container_name: args.container_name.clone(),
+            add_channel: overrides.agent.is_none() && file.agent.is_none(),
+            checks_from_vmi: args.config.is_none(),
+        };
+        HookMode {
+            overrides: Overrides {
+                default_agent: setup.add_channel.then(|| setup.agent_address()),
+                ..overrides.clone()
+            },
+            setup,
+        }
+    });
+    let overrides = hook_mode
+        .as_ref()
+        .map_or(overrides, |mode| mode.overrides.clone());
+    let shown = args.config.as_ref().map_or_else(
+        || "the command line".to_string(),
+        |p| p.display().to_string(),
+    );
+    let settings = match Settings::resolve(file, overrides) {
         Ok(settings) => settings,
-        Err(code) => return code,
+        Err(errors) => {
+            return config_error(&LoadError::Invalid {
+                path: shown,
+                errors,
+            });
+        }
     };
     actix_web::rt::System::new().block_on(async move {
-        let app = match Application::build(settings) {
+        let app = match Application::build(settings, hook_mode) {
             Ok(app) => app,
             Err(error) => return config_error(&error),
         };

@@ -6,6 +6,8 @@
 //! - [`probe`]: the checks (`exec`, `guestAgentPing`), single flight, the liveness grace.
 //! - [`agent`]: the agent connection: transports, framing, protocol, the owning task.
 //! - [`config`]: the config file (or VM manifest), validated once into domain types.
+//! - [`kubevirt`]: the KubeVirt hook sidecar: hook gRPC services, the domain XML edit that
+//!   gives the gateway its own agent channel.
 //! - [`cli`] and [`app`]: the command line, and building and running the server.
 //! - [`telemetry`]: logging set-up.
 
@@ -16,6 +18,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod kubevirt;
 pub mod metrics;
 pub mod probe;
 pub mod telemetry;

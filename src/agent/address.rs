@@ -18,6 +18,16 @@ pub enum AgentAddress {
     /// Firecracker / Cloud Hypervisor host-side vsock: a unix socket that connects to the
     /// guest's `port` after a `CONNECT <port>` / `OK <n>` handshake.
     HybridVsock { path: PathBuf, port: u32 },
+    /// The private virtio-serial channel a KubeVirt hook sidecar adds to its VM
+    /// (`serve --kubevirt-hook`): a unix socket QEMU binds in the sidecar's hooks directory
+    /// when the VM starts. KubeVirt 1.6 and later give each sidecar its own sub-directory
+    /// of the hooks volume, older releases share the volume: seen from the sidecar, the
+    /// same socket is then at `socket` or at `shared_layout`, and whichever exists is used.
+    /// Never parsed from text: only hook mode sets it.
+    PrivateChannel {
+        socket: PathBuf,
+        shared_layout: PathBuf,
+    },
 }
 
 impl AgentAddress {
@@ -102,6 +112,15 @@ impl fmt::Display for AgentAddress {
             AgentAddress::HybridVsock { path, port } => {
                 write!(f, "hybrid-vsock://{}?port={port}", path.display())
             }
+            AgentAddress::PrivateChannel {
+                socket,
+                shared_layout,
+            } => write!(
+                f,
+                "unix://{} (or unix://{})",
+                socket.display(),
+                shared_layout.display()
+            ),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -53,12 +54,44 @@ impl Connect for AgentAddress {
                     hybrid_handshake(&mut stream, port).await?;
                     Ok(Box::new(stream) as BoxStream)
                 }
+                AgentAddress::PrivateChannel {
+                    socket,
+                    shared_layout,
+                } => {
+                    let stream = connect_private_channel(&socket, &shared_layout).await?;
+                    Ok(Box::new(stream) as BoxStream)
+                }
             }
         })
     }
 
     fn describe(&self) -> String {
         self.to_string()
+    }
+}
+
+/// Connects to whichever of the two places of the private channel's socket exists; until
+/// QEMU has created it, says that the gateway waits for it.
+async fn connect_private_channel(
+    socket: &Path,
+    shared_layout: &Path,
+) -> io::Result<tokio::net::UnixStream> {
+    match tokio::net::UnixStream::connect(socket).await {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            match tokio::net::UnixStream::connect(shared_layout).await {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "the VM's private agent channel is not there yet (QEMU creates it when \
+                         the VM starts): no socket at {} or {}",
+                        socket.display(),
+                        shared_layout.display()
+                    ),
+                )),
+                other => other,
+            }
+        }
+        other => other,
     }
 }
 

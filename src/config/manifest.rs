@@ -12,7 +12,7 @@ use super::parse::{
     self, CHECKS_FIELDS, Checks, Errors, FieldPath, describe, set_value, unknown_field_message,
     unknown_fields,
 };
-use super::{ConfigSource, GatewayFile, ManifestKind, PROBES_ANNOTATION, ProbeKind};
+use super::{ConfigErrors, ConfigSource, GatewayFile, ManifestKind, PROBES_ANNOTATION, ProbeKind};
 
 /// The API group of KubeVirt's kinds; `apiVersion` is `kubevirt.io/<version>`.
 const KUBEVIRT_GROUP: &str = "kubevirt.io/";
@@ -111,6 +111,52 @@ pub(super) fn read_manifest(
     let source = ConfigSource::Manifest {
         kind,
         from_annotation: annotation.is_some(),
+    };
+    Some(checks.into_file(source, None, None))
+}
+
+/// The checks of the VMI that virt-launcher hands a hook sidecar at `OnDefineDomain` (the
+/// VMI as JSON): from [`PROBES_ANNOTATION`] only. In a VMI that carries the gateway as a
+/// sidecar, `readinessProbe`/`livenessProbe` are kubelet's `httpGet` probes to the gateway,
+/// not checks for it. Errors read as `validate` reports them for a VMI manifest.
+pub fn checks_from_vmi(vmi_json: &[u8]) -> Result<GatewayFile, ConfigErrors> {
+    let mut errors = Errors::default();
+    let root = FieldPath::root();
+    let file = match serde_json::from_slice::<Value>(vmi_json) {
+        Ok(value) => parse::document_mapping(
+            value,
+            &root,
+            "the VirtualMachineInstance as a JSON object",
+            &mut errors,
+        )
+        .and_then(|map| read_vmi_annotation(&map, &mut errors)),
+        Err(error) => {
+            errors.add(&root, format!("the VMI is not JSON: {error}"));
+            None
+        }
+    };
+    errors.finish(file)
+}
+
+fn read_vmi_annotation(map: &Map<String, Value>, errors: &mut Errors) -> Option<GatewayFile> {
+    let layout = Layout::of(ManifestKind::VirtualMachineInstance);
+    let annotations_path = path_of(layout.annotations);
+    let annotation_path = annotations_path.field(PROBES_ANNOTATION);
+    let Some(value) = descend(map, layout.annotations, errors)
+        .and_then(|annotations| set_value(annotations, PROBES_ANNOTATION))
+    else {
+        errors.add(
+            &annotation_path,
+            "not set: the gateway runs as this VM's hook sidecar and reads its checks from this \
+             annotation of the VM's template (readinessProbe and/or livenessProbe); the VMI's \
+             own probes are kubelet's httpGet probes to the gateway",
+        );
+        return None;
+    };
+    let checks = read_annotation(value, &annotation_path, errors)?;
+    let source = ConfigSource::Manifest {
+        kind: ManifestKind::VirtualMachineInstance,
+        from_annotation: true,
     };
     Some(checks.into_file(source, None, None))
 }
@@ -605,5 +651,65 @@ spec:
                 .map(|spec| (spec.handler, spec.success_threshold)),
             Some((Handler::GuestAgentPing, 1))
         );
+    }
+
+    /// The VMI as virt-launcher hands it to a hook: JSON, with status, and no probes of
+    /// its own for the gateway.
+    fn vmi_json(annotation: Option<&str>) -> Vec<u8> {
+        let annotations = match annotation {
+            Some(text) => serde_json::json!({ PROBES_ANNOTATION: text }),
+            None => serde_json::json!({}),
+        };
+        serde_json::to_vec(&serde_json::json!({
+            "metadata": {"name": "vm-1", "namespace": "default", "annotations": annotations},
+            "spec": {"readinessProbe": {"httpGet": {"port": 8080, "path": "/ready"}}},
+            "status": {"phase": "Scheduled", "vsockCID": 3},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_hooked_vmi_takes_its_checks_from_the_annotation_only() {
+        let file = checks_from_vmi(&vmi_json(Some(
+            "readinessProbe:\n  exec:\n    command: [cat, /tmp/healthy.txt]\n  timeoutSeconds: 5\n",
+        )))
+        .unwrap();
+        assert_eq!(file.readiness, Some(cat_healthy(5)));
+        assert_eq!(file.liveness, None);
+    }
+
+    #[test]
+    fn a_hooked_vmi_without_the_annotation_is_refused_naming_it() {
+        let errors = checks_from_vmi(&vmi_json(None)).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].path,
+            "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]"
+        );
+        assert!(errors[0].message.starts_with("not set"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_hooked_vmi_reports_its_annotations_errors_as_validate_does() {
+        let annotation = "readinessProbe:\n  exec:\n    command: []\n  timeoutSeconds: -1\n";
+        let from_hook: Vec<String> = checks_from_vmi(&vmi_json(Some(annotation)))
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let manifest = format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  annotations:\n    \
+             probe-gateway.kubevirt.io/probes: {}\n",
+            serde_json::to_string(annotation).unwrap()
+        );
+        assert_eq!(from_hook, errors_of(&manifest));
+        assert_eq!(from_hook.len(), 2, "{from_hook:?}");
+    }
+
+    #[test]
+    fn a_vmi_that_is_not_json_is_refused() {
+        let errors = checks_from_vmi(b"<vmi/>").unwrap_err().to_string();
+        assert!(errors.starts_with("the VMI is not JSON"), "{errors}");
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::agent::AgentAddress;
 
+pub use manifest::checks_from_vmi;
 pub use parse::parse_document;
 pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
 
@@ -151,6 +152,20 @@ pub struct GatewayFile {
 }
 
 impl GatewayFile {
+    /// A config that sets nothing: hook mode without `--config` starts from it.
+    pub fn empty() -> GatewayFile {
+        GatewayFile {
+            source: ConfigSource::GatewayConfig,
+            listen: None,
+            agent: None,
+            liveness_grace: None,
+            expose_output: None,
+            output_excerpt_bytes: None,
+            readiness: None,
+            liveness: None,
+        }
+    }
+
     pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
@@ -190,7 +205,10 @@ impl GatewayFile {
         }
         match &self.agent {
             Some(agent) => parts.push(format!("agent {agent}")),
-            None => parts.push("agent not set (give --agent)".to_string()),
+            None => parts.push(
+                "agent not set (give --agent; with --kubevirt-hook, the private channel)"
+                    .to_string(),
+            ),
         }
         parts.join("; ")
     }

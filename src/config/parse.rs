@@ -789,7 +789,7 @@ impl Errors {
 
     /// The file when nothing was wrong. Every reader that gives up records why, so a
     /// missing file without errors would be a bug here; it is still reported, not hidden.
-    fn finish(mut self, file: Option<GatewayFile>) -> Result<GatewayFile, ConfigErrors> {
+    pub(super) fn finish(mut self, file: Option<GatewayFile>) -> Result<GatewayFile, ConfigErrors> {
         match file {
             Some(file) if self.0.is_empty() => Ok(file),
             None if self.0.is_empty() => {

@@ -31,19 +31,27 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentAddress>,
     pub shutdown_grace: Option<Duration>,
+    /// The agent when neither a flag nor the file names one (in hook mode, the private
+    /// channel).
+    pub default_agent: Option<AgentAddress>,
 }
 
 impl Settings {
-    /// Applies `overrides` over `file`, then defaults. The agent has no default.
+    /// Applies `overrides` over `file`, then defaults. The agent has no default outside
+    /// hook mode.
     pub fn resolve(file: GatewayFile, overrides: Overrides) -> Result<Settings, ConfigErrors> {
-        let agent = overrides.agent.or(file.agent).ok_or_else(|| {
-            ConfigErrors(vec![ConfigError {
-                path: "agent".into(),
-                message:
-                    "not set: give --agent, PROBE_GATEWAY_AGENT, or `agent` in the config file"
-                        .into(),
-            }])
-        })?;
+        let agent = overrides
+            .agent
+            .or(file.agent)
+            .or(overrides.default_agent)
+            .ok_or_else(|| {
+                ConfigErrors(vec![ConfigError {
+                    path: "agent".into(),
+                    message:
+                        "not set: give --agent, PROBE_GATEWAY_AGENT, or `agent` in the config file"
+                            .into(),
+                }])
+            })?;
         let default_listen = DEFAULT_LISTEN
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8080)));

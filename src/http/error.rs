@@ -18,6 +18,9 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("bad request: {0}")]
     BadQuery(String),
+    /// No checks are in force yet (KubeVirt hook mode before the VM is defined).
+    #[error("{0}")]
+    Waiting(&'static str),
 }
 
 /// The JSON body of an error response.
@@ -42,6 +45,7 @@ impl ResponseError for ApiErrorResponse {
             ApiError::NotConfigured(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::Waiting(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

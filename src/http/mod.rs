@@ -2,7 +2,7 @@
 //!
 //! | route | methods | what |
 //! |---|---|---|
-//! | `/ready` | GET, HEAD | runs the readiness check: 200 `ok`, 503 reason, 404 if not configured |
+//! | `/ready` | GET, HEAD | runs the readiness check: 200 `ok`, 503 reason, 404 if not configured; 503 while hook mode waits for the VM definition |
 //! | `/live` | GET, HEAD | runs the liveness check, likewise |
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
 //! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |

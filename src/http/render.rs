@@ -85,6 +85,16 @@ pub fn json(report: &ProbeReport, exposure: Exposure) -> String {
         .unwrap_or_else(|error| format!("{{\"error\":\"cannot serialize the report: {error}\"}}"))
 }
 
+/// The JSON body of a 503 from `/ready` or `/live`: the report of the failed check, or,
+/// before any check is in force (KubeVirt hook mode), an error body saying why. Only the
+/// OpenAPI document uses this type.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ProbeUnavailable {
+    Report(JsonReport),
+    Waiting(super::error::ErrorBody),
+}
+
 /// The JSON report's shape: exactly these fields (the API contract).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -9,15 +9,14 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use super::error::{ApiError, ApiErrorResponse, ErrorBody};
 use super::negotiate::{Format, verbose_flag, wants_json};
-use super::render::{self, Exposure, JsonReport};
+use super::render::{self, Exposure, JsonReport, ProbeUnavailable};
 use crate::config::ProbeKind;
 use crate::metrics::Metrics;
-use crate::probe::{CheckResult, Checker, ProbeReport, Probes};
+use crate::probe::{CheckResult, Checker, ChecksInForce, ProbeReport};
 
 /// What every handler shares.
 pub struct AppState {
-    pub probes: Probes,
-    pub exposure: Exposure,
+    pub checks: Arc<ChecksInForce>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -37,9 +36,9 @@ const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
             (String = "text/plain", example = "ok"),
             (JsonReport = "application/json"),
         )),
-        (status = 503, description = "The check failed; the text body is the one-line reason.", content(
+        (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
             (String = "text/plain", example = "exec: exit code 1"),
-            (JsonReport = "application/json"),
+            (ProbeUnavailable = "application/json"),
         )),
         (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
             (String = "text/plain"),
@@ -70,9 +69,9 @@ pub async fn ready(
             (String = "text/plain", example = "ok"),
             (JsonReport = "application/json"),
         )),
-        (status = 503, description = "The check failed; the text body is the one-line reason.", content(
+        (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
             (String = "text/plain", example = "exec: exit code 1"),
-            (JsonReport = "application/json"),
+            (ProbeUnavailable = "application/json"),
         )),
         (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
             (String = "text/plain"),
@@ -99,17 +98,24 @@ async fn probe(
     let json = accepts_json(request);
     let fail = |error| ApiErrorResponse { error, json };
     let verbose = verbose_flag(request.query_string()).map_err(|e| fail(ApiError::BadQuery(e)))?;
-    let checker = state
+    let checks = state
+        .checks
+        .current()
+        .map_err(|reason| fail(ApiError::Waiting(reason)))?;
+    let checker = checks
         .probes
         .get(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
     let report = run_bounded(checker).await;
+    let exposure = Exposure {
+        output: checks.settings.expose_output,
+    };
     let format = match (json, verbose) {
         (true, _) => Format::Json,
         (false, true) => Format::Verbose,
         (false, false) => Format::Plain,
     };
-    Ok(respond(&report, format, state.exposure))
+    Ok(respond(&report, format, exposure))
 }
 
 async fn run_bounded(checker: &Arc<Checker>) -> Arc<ProbeReport> {

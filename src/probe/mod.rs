@@ -4,11 +4,13 @@
 
 mod checker;
 mod checks;
+mod in_force;
 mod report;
 
 use std::sync::Arc;
 
 pub use checker::{Checker, LivenessGrace};
+pub use in_force::{CheckSet, ChecksInForce};
 pub use report::{CheckResult, ExecDetails, ProbeReport};
 
 use crate::config::ProbeKind;

@@ -7,8 +7,10 @@ mod support;
 
 mod agent_faults;
 mod cli;
+mod deploy;
 mod faults;
 mod http_api;
+mod kubevirt_hook;
 mod lifecycle;
 mod real_agent;
 mod transports;

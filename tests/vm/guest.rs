@@ -59,6 +59,8 @@ pub struct Vm {
     dir: tempfile::TempDir,
     pid: Option<i32>,
     pub started: Instant,
+    /// More virtio-serial ports: (host socket QEMU binds, guest-side port name).
+    channels: Vec<(PathBuf, String)>,
 }
 
 impl Vm {
@@ -68,7 +70,14 @@ impl Vm {
             dir: tempfile::tempdir().expect("temp dir"),
             pid: None,
             started: Instant::now(),
+            channels: Vec::new(),
         }
+    }
+
+    /// Adds a virtio-serial port `name` whose host side is a unix socket QEMU binds at
+    /// `socket` (a libvirt `<channel type="unix"><source mode="bind" .../>`).
+    pub fn add_channel(&mut self, socket: &Path, name: &str) {
+        self.channels.push((socket.to_path_buf(), name.to_string()));
     }
 
     /// Prepares and boots at once.
@@ -121,6 +130,19 @@ impl Vm {
                 "-device",
                 "virtserialport,chardev=ctl,name=org.probe-gateway.test.control",
             ])
+            .args(
+                self.channels
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, (socket, name))| {
+                        [
+                            "-chardev".to_string(),
+                            chardev(&format!("channel{i}"), socket),
+                            "-device".to_string(),
+                            format!("virtserialport,chardev=channel{i},name={name}"),
+                        ]
+                    }),
+            )
             .arg("-pidfile")
             .arg(self.path("qemu.pid"))
             .arg("-daemonize")

@@ -307,3 +307,107 @@ async fn latency_through_the_gateway_next_to_the_raw_round_trip() {
         gw_ready / raw_exec
     );
 }
+
+/// KubeVirt hook mode end to end: the gateway adds its private channel at OnDefineDomain;
+/// QEMU is started with that channel exactly as the returned domain XML describes it (the
+/// compute container's `/var/run/kubevirt-hooks` is the hooks volume here); the guest runs
+/// a second qemu-ga on `org.qemu.guest_agent.1`; another client holds
+/// `org.qemu.guest_agent.0` the whole time, as libvirt does.
+#[tokio::test]
+async fn kubevirt_hook_mode_probes_through_the_private_channel_while_the_primary_is_held() {
+    use support::hook::{channels, define, domain_fixture, vmi_with_probes};
+
+    if !qemu_or_skip("kubevirt_hook") {
+        return;
+    }
+    // The hooks volume; KubeVirt 1.6+ mounts its `hook-sidecar-0` sub-directory as the
+    // sidecar's hooks dir.
+    let volume = tempfile::tempdir().expect("temp dir");
+    let hooks_dir = volume.path().join("hook-sidecar-0");
+    let gateway = Gateway::start_hook(&hooks_dir, &[]);
+    let vmi = vmi_with_probes(volume.path(), Some(SEED));
+    let answer = define(
+        &hooks_dir.join("probe-gateway.sock"),
+        &domain_fixture(),
+        &vmi,
+    );
+    assert_eq!(answer["ok"], true, "{answer}");
+    let xml = answer["domainXML"].as_str().expect("domain XML");
+
+    // The <channel> element, translated into QEMU arguments as libvirt would.
+    let mut vm = Vm::prepare();
+    let private: Vec<_> = channels(xml)
+        .into_iter()
+        .filter(|c| c.target_name.as_deref() == Some("org.qemu.guest_agent.1"))
+        .collect();
+    assert_eq!(private.len(), 1, "{xml}");
+    let channel = &private[0];
+    assert_eq!(
+        (
+            channel.kind.as_deref(),
+            channel.source_mode.as_deref(),
+            channel.target_type.as_deref()
+        ),
+        (Some("unix"), Some("bind"), Some("virtio"))
+    );
+    let in_compute = channel.source_path.as_deref().expect("source path");
+    let relative = in_compute
+        .strip_prefix("/var/run/kubevirt-hooks/")
+        .unwrap_or_else(|| panic!("{in_compute} is not in the hooks volume"));
+    vm.add_channel(&volume.path().join(relative), "org.qemu.guest_agent.1");
+    vm.start();
+
+    // libvirt's place: the primary channel, held by another client throughout.
+    let mut primary =
+        qga_client::QgaClient::connect(&vm.agent_socket(), Duration::from_secs(90)).await;
+    let mut control = vm.control().await;
+
+    eventually(
+        "liveness through the private channel",
+        Duration::from_secs(60),
+        || async {
+            let (status, report) = gateway.report("/live").await;
+            status == 200 && report["reason"] == serde_json::Value::Null
+        },
+    )
+    .await;
+    let reply = gateway.get("/ready").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "exec: exit code 1\n")
+    );
+    control.sh("echo ok > /tmp/healthy.txt").await;
+    assert_eq!(gateway.get("/ready").await.status, 200);
+    // The checks go through the second agent: stopped, they fail, while the primary
+    // channel's agent still answers its own client.
+    control.sh("kill -STOP $(cat /run/qga1.pid)").await;
+    assert_eq!(gateway.get("/live").await.status, 503);
+    assert!(
+        primary
+            .call("guest-ping", serde_json::json!({}))
+            .await
+            .is_ok(),
+        "the primary channel's client lost its agent"
+    );
+    control.sh("kill -CONT $(cat /run/qga1.pid)").await;
+    eventually(
+        "liveness once the second agent runs again",
+        Duration::from_secs(10),
+        || async { gateway.get("/live").await.status == 200 },
+    )
+    .await;
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert_eq!(gateway.get("/live").await.status, 200);
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    eprintln!(
+        "hook mode /live through org.qemu.guest_agent.1 (new connection each): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99)
+    );
+    control.sh("rm /tmp/healthy.txt").await;
+    assert_eq!(gateway.get("/ready").await.status, 503);
+    primary.close().await;
+}

@@ -47,13 +47,31 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, config).expect("write config");
+        let path = path.display().to_string();
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(args);
+        Gateway::launch(dir, &all, &[])
+    }
+
+    /// Starts the gateway as a KubeVirt hook sidecar (no config file: the checks come from
+    /// the VMI) with `hooks_dir`, as the container `hook-sidecar-0`, and extra arguments.
+    pub fn start_hook(hooks_dir: &Path, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hooks = hooks_dir.display().to_string();
+        let mut all = vec!["--kubevirt-hook", "--hooks-dir", hooks.as_str()];
+        all.extend_from_slice(args);
+        Gateway::launch(dir, &all, &[("CONTAINER_NAME", "hook-sidecar-0")])
+    }
+
+    /// Runs `serve` with `args` (and `env`) and waits until it listens.
+    fn launch(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(BINARY)
             .arg("serve")
-            .arg("--config")
-            .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("CONTAINER_NAME")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

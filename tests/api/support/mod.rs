@@ -2,6 +2,7 @@
 
 pub mod fake_agent;
 pub mod gateway;
+pub mod hook;
 pub mod hybrid_vsock;
 pub mod qga;
 

@@ -1,0 +1,363 @@
+//! KubeVirt's hook-sidecar gRPC services, served on one unix socket in the hooks directory
+//! (FIELD-NOTES §7): `Info` says who the gateway is and which hook points it wants;
+//! `OnDefineDomain` reads the VMI's checks and adds the private agent channel to the
+//! domain; `Shutdown` (after QEMU has exited) stops the gateway.
+//!
+//! The services decide and answer; the application applies. They hand what they learnt to
+//! [`crate::app`] as [`HookEvent`]s and, for a definition, wait until it is in force, so
+//! that `/ready` answers with the VM's checks as soon as `OnDefineDomain` has returned.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::domain::{self, CHANNEL_NAME};
+use super::proto::info::info_server::{Info, InfoServer};
+use super::proto::info::{HookPoint, InfoParams, InfoResult};
+use super::proto::{v1alpha2, v1alpha3};
+use crate::agent::AgentAddress;
+use crate::config::{self, GatewayFile};
+
+/// The hooks directory KubeVirt mounts into hook sidecars and the compute container.
+pub const KUBEVIRT_HOOKS_DIR: &str = "/var/run/kubevirt-hooks";
+/// The gateway's gRPC socket in its hooks directory: the one socket virt-launcher dials.
+pub const HOOK_SOCKET: &str = "probe-gateway.sock";
+/// The private agent channel's socket, created by QEMU.
+pub const CHANNEL_SOCKET: &str = "probe-gateway-qga.sock";
+/// The name `Info` gives; virt-launcher logs it.
+pub const HOOK_NAME: &str = "probe-gateway";
+/// The container name KubeVirt gives the first hook sidecar of a VM.
+pub const DEFAULT_CONTAINER_NAME: &str = "hook-sidecar-0";
+
+/// What hook mode needs to know, from flags and environment.
+#[derive(Debug, Clone)]
+pub struct HookSetup {
+    /// The hooks directory as the gateway sees it (`--hooks-dir`).
+    pub hooks_dir: PathBuf,
+    /// This sidecar's container name (`CONTAINER_NAME`, set by KubeVirt).
+    pub container_name: String,
+    /// Whether `OnDefineDomain` adds the private channel: true when the agent in force is
+    /// that channel (no `--agent` and no `agent` in a config file).
+    pub add_channel: bool,
+    /// Whether the checks come from the VMI (no `--config`).
+    pub checks_from_vmi: bool,
+}
+
+impl HookSetup {
+    /// The channel's socket as the compute container (QEMU) sees it: KubeVirt from 1.6
+    /// mounts each sidecar's sub-directory of the hooks volume as the sidecar's hooks
+    /// directory and the whole volume in the compute container.
+    pub fn channel_path_for_qemu(&self) -> String {
+        format!(
+            "{KUBEVIRT_HOOKS_DIR}/{}/{CHANNEL_SOCKET}",
+            self.container_name
+        )
+    }
+
+    /// Where the gateway finds that socket: in its hooks directory (KubeVirt 1.6 and
+    /// later), or in the sub-directory named after the container that
+    /// [`prepare_shared_layout`](Self::prepare_shared_layout) makes for older releases,
+    /// which mount the same whole volume in every container.
+    pub fn agent_address(&self) -> AgentAddress {
+        AgentAddress::PrivateChannel {
+            socket: self.hooks_dir.join(CHANNEL_SOCKET),
+            shared_layout: self
+                .hooks_dir
+                .join(&self.container_name)
+                .join(CHANNEL_SOCKET),
+        }
+    }
+
+    /// Checks the container name: it becomes a path component in the domain XML.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.container_name;
+        let dns_label = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if dns_label {
+            Ok(())
+        } else {
+            Err(format!(
+                "container name {name:?} (CONTAINER_NAME) is not a Kubernetes container name: \
+                 lower-case letters, digits and '-', at most 63"
+            ))
+        }
+    }
+
+    /// Makes `<hooks dir>/<container name>/`, with the hooks directory's own permissions,
+    /// so that with KubeVirt before 1.6 (one volume, mounted whole everywhere) the path
+    /// given to QEMU exists and QEMU may bind in it. With 1.6 and later it is an unused
+    /// directory, and virt-launcher counts only non-directory entries.
+    fn prepare_shared_layout(&self) -> io::Result<()> {
+        let mode = std::fs::metadata(&self.hooks_dir)?.permissions().mode() & 0o7777;
+        let dir = self.hooks_dir.join(&self.container_name);
+        match std::fs::DirBuilder::new().mode(mode).create(&dir) {
+            Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// What the services tell the application.
+#[derive(Debug)]
+pub enum HookEvent {
+    /// The VM is being defined with these checks (`None`: a config file gave them).
+    /// `applied` is answered once they are in force, or with why they cannot be.
+    Defined {
+        checks: Option<Box<GatewayFile>>,
+        applied: oneshot::Sender<Result<(), String>>,
+    },
+    /// QEMU has exited: finish and exit 0.
+    Shutdown,
+}
+
+/// Why the hook server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hooks dir {dir}: {source}")]
+    HooksDir { dir: String, source: io::Error },
+    #[error("cannot listen on {socket}: {source}")]
+    Listen { socket: String, source: io::Error },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The running gRPC server.
+pub struct HookServer {
+    socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl HookServer {
+    /// Binds [`HOOK_SOCKET`] in the hooks directory and serves. Must run on a tokio
+    /// runtime.
+    pub fn start(
+        setup: &HookSetup,
+        events: mpsc::UnboundedSender<HookEvent>,
+    ) -> Result<HookServer, HookError> {
+        setup.validate().map_err(HookError::Setup)?;
+        let dir_error = |source| HookError::HooksDir {
+            dir: setup.hooks_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&setup.hooks_dir).map_err(dir_error)?;
+        if setup.add_channel {
+            setup.prepare_shared_layout().map_err(dir_error)?;
+        }
+        let socket = setup.hooks_dir.join(HOOK_SOCKET);
+        let listener = bind(&socket).map_err(|source| HookError::Listen {
+            socket: socket.display().to_string(),
+            source,
+        })?;
+        let callbacks = Callbacks {
+            setup: setup.clone(),
+            events,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .add_service(InfoServer::new(HookInfo))
+            .add_service(v1alpha3::callbacks_server::CallbacksServer::new(
+                callbacks.clone(),
+            ))
+            .add_service(v1alpha2::callbacks_server::CallbacksServer::new(callbacks));
+        let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tracing::info!(socket = %socket.display(), "serving KubeVirt's hook services");
+        Ok(HookServer {
+            socket,
+            stop: Some(stop),
+            serving,
+        })
+    }
+
+    /// Stops accepting calls, lets calls in flight finish within `grace` (virt-launcher
+    /// may hold its connection open), and removes the socket.
+    pub async fn stop(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(grace, &mut self.serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the hook server failed"),
+            Ok(Err(error)) => tracing::warn!(%error, "the hook server task failed"),
+            Err(_) => self.serving.abort(),
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Binds a unix socket at `path`, replacing a socket left by an earlier run of this
+/// container (the hooks directory outlives container restarts). Anything else at the path
+/// is not ours and is an error.
+fn bind(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if metadata.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    // virt-launcher may run under another uid than the sidecar; the directory is the pod's
+    // own volume, shared with the compute container only.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// `kubevirt.hooks.info.Info`.
+struct HookInfo;
+
+#[tonic::async_trait]
+impl Info for HookInfo {
+    async fn info(&self, _: Request<InfoParams>) -> Result<Response<InfoResult>, Status> {
+        let point = |name: &str| HookPoint {
+            name: name.to_string(),
+            priority: 0,
+        };
+        Ok(Response::new(InfoResult {
+            name: HOOK_NAME.to_string(),
+            hook_points: vec![point("OnDefineDomain"), point("Shutdown")],
+            // virt-launcher picks the highest it knows; v1alpha2 has no Shutdown.
+            versions: vec!["v1alpha2".to_string(), "v1alpha3".to_string()],
+        }))
+    }
+}
+
+/// The callbacks of both versions: their `OnDefineDomain` is the same.
+#[derive(Clone)]
+struct Callbacks {
+    setup: HookSetup,
+    events: mpsc::UnboundedSender<HookEvent>,
+}
+
+impl Callbacks {
+    /// Checks the VMI's checks and the domain, and answers the domain to define. Every
+    /// problem is reported at once, as `INVALID_ARGUMENT`: the VM does not start, and the
+    /// message is in virt-launcher's log and the gateway's.
+    async fn define(&self, domain_xml: &[u8], vmi: &[u8]) -> Result<Vec<u8>, Status> {
+        let mut problems = Vec::new();
+        let checks = if self.setup.checks_from_vmi {
+            match config::checks_from_vmi(vmi) {
+                Ok(file) => Some(Box::new(file)),
+                Err(errors) => {
+                    problems.extend(errors.0.iter().map(|e| format!("VMI {e}")));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let xml = if self.setup.add_channel {
+            match domain::add_agent_channel(domain_xml, &self.setup.channel_path_for_qemu()) {
+                Ok(edited) => {
+                    if !edited.added {
+                        tracing::info!(
+                            channel = CHANNEL_NAME,
+                            "the domain already has the private agent channel; unchanged"
+                        );
+                    }
+                    Some(edited.xml.into_bytes())
+                }
+                Err(error) => {
+                    problems.push(error.to_string());
+                    None
+                }
+            }
+        } else {
+            Some(domain_xml.to_vec())
+        };
+        let (Some(xml), true) = (xml, problems.is_empty()) else {
+            for problem in &problems {
+                tracing::error!(problem, "OnDefineDomain refused: the VM will not start");
+            }
+            return Err(Status::invalid_argument(format!(
+                "{HOOK_NAME}: {}",
+                problems.join("; ")
+            )));
+        };
+        let (applied, done) = oneshot::channel();
+        self.events
+            .send(HookEvent::Defined { checks, applied })
+            .map_err(|_| Status::unavailable("the gateway is shutting down"))?;
+        match done.await {
+            Ok(Ok(())) => Ok(xml),
+            Ok(Err(problem)) => {
+                tracing::error!(problem, "OnDefineDomain refused: the VM will not start");
+                Err(Status::invalid_argument(format!("{HOOK_NAME}: {problem}")))
+            }
+            Err(_) => Err(Status::unavailable("the gateway is shutting down")),
+        }
+    }
+
+    fn shutdown(&self) {
+        tracing::info!("KubeVirt's Shutdown hook: QEMU has exited; stopping");
+        let _ = self.events.send(HookEvent::Shutdown);
+    }
+}
+
+#[tonic::async_trait]
+impl v1alpha3::callbacks_server::Callbacks for Callbacks {
+    async fn on_define_domain(
+        &self,
+        request: Request<v1alpha3::OnDefineDomainParams>,
+    ) -> Result<Response<v1alpha3::OnDefineDomainResult>, Status> {
+        let params = request.into_inner();
+        let domain_xml = self.define(&params.domain_xml, &params.vmi).await?;
+        Ok(Response::new(v1alpha3::OnDefineDomainResult { domain_xml }))
+    }
+
+    async fn pre_cloud_init_iso(
+        &self,
+        _: Request<v1alpha3::PreCloudInitIsoParams>,
+    ) -> Result<Response<v1alpha3::PreCloudInitIsoResult>, Status> {
+        Err(Status::unimplemented(
+            "PreCloudInitIso is not a hook point of the gateway",
+        ))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<v1alpha3::ShutdownParams>,
+    ) -> Result<Response<v1alpha3::ShutdownResult>, Status> {
+        Callbacks::shutdown(self);
+        Ok(Response::new(v1alpha3::ShutdownResult {}))
+    }
+}
+
+#[tonic::async_trait]
+impl v1alpha2::callbacks_server::Callbacks for Callbacks {
+    async fn on_define_domain(
+        &self,
+        request: Request<v1alpha2::OnDefineDomainParams>,
+    ) -> Result<Response<v1alpha2::OnDefineDomainResult>, Status> {
+        let params = request.into_inner();
+        let domain_xml = self.define(&params.domain_xml, &params.vmi).await?;
+        Ok(Response::new(v1alpha2::OnDefineDomainResult { domain_xml }))
+    }
+
+    async fn pre_cloud_init_iso(
+        &self,
+        _: Request<v1alpha2::PreCloudInitIsoParams>,
+    ) -> Result<Response<v1alpha2::PreCloudInitIsoResult>, Status> {
+        Err(Status::unimplemented(
+            "PreCloudInitIso is not a hook point of the gateway",
+        ))
+    }
+}
