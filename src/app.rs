@@ -176,7 +176,7 @@ impl Application {
                     HookEvent::Defined { checks: file, applied } => {
                         let outcome = match (file, &overrides) {
                             (Some(file), Some(overrides)) => {
-                                apply_definition(&checks, *file, overrides, &metrics)
+                                apply_definition(&checks, *file, overrides, &metrics).await
                             }
                             _ => Ok(()),
                         };
@@ -186,6 +186,9 @@ impl Application {
                 },
             }
         };
+        // A definition arriving from now on is answered UNAVAILABLE at once (its reply
+        // channel is dropped with the queue) instead of holding up the hook server's stop.
+        drop(hook_events);
         tracing::info!(
             reason,
             grace_seconds = shutdown_grace.as_secs(),
@@ -214,8 +217,10 @@ async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<HookEvent>>) -> 
 }
 
 /// Puts the VMI's checks in force. The same checks again (a migration target's second
-/// definition, a retry) keep the set and its connection; other checks replace it.
-fn apply_definition(
+/// definition, a retry) keep the set; other checks replace it. A new set keeps the agent
+/// connection when the agent is the same: the private channel serves one client at a time,
+/// so a second connection would only wait behind the first.
+async fn apply_definition(
     checks: &ChecksInForce,
     file: GatewayFile,
     overrides: &Overrides,
@@ -223,16 +228,28 @@ fn apply_definition(
 ) -> Result<(), String> {
     let summary = file.summary();
     let settings = Settings::resolve(file, overrides.clone()).map_err(|e| e.to_string())?;
-    if let Ok(current) = checks.current()
+    let current = checks.current().ok();
+    if let Some(current) = &current
         && current.settings == settings
     {
         tracing::info!("the VM is defined again with the same checks; kept");
         return Ok(());
     }
     tracing::info!(checks = %summary, "the VM is defined: its checks are in force");
-    if let Some(old) = checks.replace(CheckSet::start(settings, metrics)) {
-        tokio::spawn(async move { old.agent.close().await });
-    }
+    let reusable = current.as_ref().filter(|current| {
+        current.settings.agent == settings.agent
+            && current.settings.output_excerpt_bytes == settings.output_excerpt_bytes
+    });
+    let set = match reusable {
+        Some(current) => CheckSet::with_agent(settings, current.agent.clone(), metrics),
+        None => {
+            if let Some(old) = &current {
+                old.agent.close().await;
+            }
+            CheckSet::start(settings, metrics)
+        }
+    };
+    checks.replace(set);
     Ok(())
 }
 

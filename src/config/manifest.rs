@@ -145,6 +145,10 @@ fn read_vmi_annotation(map: &Map<String, Value>, errors: &mut Errors) -> Option<
     let Some(value) = descend(map, layout.annotations, errors)
         .and_then(|annotations| set_value(annotations, PROBES_ANNOTATION))
     else {
+        if !errors.is_empty() {
+            // `metadata` or its `annotations` is not a mapping: said already.
+            return None;
+        }
         errors.add(
             &annotation_path,
             "not set: the gateway runs as this VM's hook sidecar and reads its checks from this \
@@ -705,6 +709,14 @@ spec:
         );
         assert_eq!(from_hook, errors_of(&manifest));
         assert_eq!(from_hook.len(), 2, "{from_hook:?}");
+    }
+
+    #[test]
+    fn a_vmi_whose_annotations_are_not_a_mapping_gets_one_error() {
+        let vmi = br#"{"metadata": {"annotations": ["x"]}}"#;
+        let errors = checks_from_vmi(vmi).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "metadata.annotations");
     }
 
     #[test]

@@ -782,6 +782,10 @@ impl Errors {
         });
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The value of `read`, or `None` with its error recorded at `path`.
     pub(super) fn keep<T>(&mut self, path: &FieldPath, read: Result<T, String>) -> Option<T> {
         read.map_err(|message| self.add(path, message)).ok()

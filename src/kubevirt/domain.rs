@@ -2,9 +2,9 @@
 //! channel named [`CHANNEL_NAME`], bound to a unix socket in the hooks directory, for the
 //! guest's second qemu-ga (FIELD-NOTES §7).
 //!
-//! The XML is read with a real parser (every element checked, end tags matched), but it is
-//! edited by byte offset: the channel's text is spliced in before `</devices>` and every
-//! other byte comes back as it was. Re-serialising a parsed tree would reorder attributes,
+//! The XML is read with a real parser (the whole document is read: tags well formed, end
+//! tags matching, one root), but it is edited by byte offset: the channel's text is spliced
+//! in before `</devices>` and every other byte comes back as it was. Re-serialising a parsed tree would reorder attributes,
 //! change quoting and drop comments in a document libvirt and KubeVirt care about.
 
 use quick_xml::XmlVersion;
@@ -27,9 +27,11 @@ pub enum DomainError {
     NotADomain(String),
     #[error("domain XML has no <devices> element under <domain>")]
     NoDevices,
+    #[error("domain XML has more than one <devices> element under <domain>")]
+    SecondDevices,
     #[error(
-        "domain XML already has a channel named {CHANNEL_NAME} bound to {found}, not to the \
-         gateway's {wanted:?}: another hook uses the name"
+        "domain XML already has a channel named {CHANNEL_NAME} ({found}), not the gateway's \
+         (unix, bind, {wanted:?}): another hook uses the name"
     )]
     ChannelTaken { found: String, wanted: String },
 }
@@ -47,40 +49,55 @@ pub struct EditedDomain {
 /// sees it), once: a domain that already has it is returned unchanged.
 pub fn add_agent_channel(xml: &[u8], socket_path: &str) -> Result<EditedDomain, DomainError> {
     let text = std::str::from_utf8(xml).map_err(|e| DomainError::NotUtf8(e.valid_up_to()))?;
-    let layout = read_layout(text)?;
-    match layout.existing_channel {
-        Some(Some(path)) if path == socket_path => {
+    // quick-xml skips a byte-order mark without counting it in its positions: parse and
+    // edit what follows it, and put it back.
+    let (bom, body) = match text.strip_prefix('\u{feff}') {
+        Some(body) => ("\u{feff}", body),
+        None => ("", text),
+    };
+    let layout = read_layout(body)?;
+    if let Some(existing) = layout.existing_channel {
+        let ours = existing.kind.as_deref() == Some("unix")
+            && existing.source_mode.as_deref() == Some("bind")
+            && existing.source_path.as_deref() == Some(socket_path);
+        if ours {
             return Ok(EditedDomain {
                 xml: text.to_string(),
                 added: false,
             });
         }
-        Some(found) => {
-            return Err(DomainError::ChannelTaken {
-                found: found.map_or_else(|| "no socket path".to_string(), |p| format!("{p:?}")),
-                wanted: socket_path.to_string(),
-            });
-        }
-        None => {}
+        return Err(DomainError::ChannelTaken {
+            found: existing.describe(),
+            wanted: socket_path.to_string(),
+        });
     }
-    let xml = match layout.devices {
-        Devices::Closing(at) => insert_before_close(text, at, socket_path),
-        Devices::Empty { start, end } => format!(
-            "{}<devices>{}</devices>{}",
-            &text[..start],
-            channel_element(socket_path, None),
-            &text[end..]
-        ),
+    let edited = match layout.devices {
+        Devices::Closing(at) => insert_before_close(body, at, socket_path),
+        Devices::Empty { start, end } => {
+            body.get(..start)
+                .zip(body.get(end..))
+                .map(|(before, after)| {
+                    format!(
+                        "{before}<devices>{}</devices>{after}",
+                        channel_element(socket_path, None)
+                    )
+                })
+        }
         Devices::Missing => return Err(DomainError::NoDevices),
     };
-    Ok(EditedDomain { xml, added: true })
+    // Positions come from the parser on the same text, at `<`: always char boundaries.
+    let edited = edited.ok_or_else(|| malformed(0, "internal error: bad offset".into()))?;
+    Ok(EditedDomain {
+        xml: format!("{bom}{edited}"),
+        added: true,
+    })
 }
 
 /// Where `<domain>`'s `<devices>` ends, and whether our channel is in it.
 struct Layout {
     devices: Devices,
-    /// `Some(path)` when a channel named [`CHANNEL_NAME`] exists (`path` its source path).
-    existing_channel: Option<Option<String>>,
+    /// The channel named [`CHANNEL_NAME`], when the domain has one.
+    existing_channel: Option<ChannelSeen>,
 }
 
 enum Devices {
@@ -97,8 +114,24 @@ enum Devices {
 /// A `<channel>` of `<devices>` being read.
 #[derive(Default)]
 struct ChannelSeen {
+    kind: Option<String>,
     target_name: Option<String>,
+    source_mode: Option<String>,
     source_path: Option<String>,
+}
+
+impl ChannelSeen {
+    fn describe(&self) -> String {
+        let shown = |value: &Option<String>| value.as_deref().unwrap_or("-").to_string();
+        format!(
+            "type {}, source mode {}, path {}",
+            shown(&self.kind),
+            shown(&self.source_mode),
+            self.source_path
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |p| format!("{p:?}"))
+        )
+    }
 }
 
 /// Reads the whole document, so that malformed XML anywhere is refused, and records the
@@ -127,6 +160,9 @@ fn read_layout(text: &str) -> Result<Layout, DomainError> {
                 // quick-xml has checked that the end tag matches.
                 let name = stack.pop().unwrap_or_default();
                 if in_domain(&stack) && name == "devices" {
+                    if !matches!(layout.devices, Devices::Missing) {
+                        return Err(DomainError::SecondDevices);
+                    }
                     layout.devices = Devices::Closing(before);
                 }
                 if in_devices(&stack) && name == "channel" {
@@ -159,6 +195,9 @@ fn read_layout(text: &str) -> Result<Layout, DomainError> {
             continue;
         }
         if in_domain(&stack) && name == "devices" {
+            if !matches!(layout.devices, Devices::Missing) {
+                return Err(DomainError::SecondDevices);
+            }
             layout.devices = Devices::Empty {
                 start: before,
                 end: position(&reader),
@@ -189,14 +228,20 @@ fn read_element(
     at: usize,
 ) -> Result<(), DomainError> {
     if in_devices(stack) && name == "channel" {
-        *channel = Some(ChannelSeen::default());
+        *channel = Some(ChannelSeen {
+            kind: attribute(element, "type", at)?,
+            ..ChannelSeen::default()
+        });
         return Ok(());
     }
     let inside_channel = stack.len() == 3 && in_devices(&stack[..2]) && stack[2] == "channel";
     if let (true, Some(seen)) = (inside_channel, channel.as_mut()) {
         match name {
             "target" => seen.target_name = attribute(element, "name", at)?,
-            "source" => seen.source_path = attribute(element, "path", at)?,
+            "source" => {
+                seen.source_mode = attribute(element, "mode", at)?;
+                seen.source_path = attribute(element, "path", at)?;
+            }
             _ => {}
         }
     }
@@ -207,7 +252,7 @@ fn finish_channel(channel: Option<ChannelSeen>, layout: &mut Layout) {
     if let Some(seen) = channel
         && seen.target_name.as_deref() == Some(CHANNEL_NAME)
     {
-        layout.existing_channel = Some(seen.source_path);
+        layout.existing_channel = Some(seen);
     }
 }
 
@@ -240,8 +285,10 @@ fn in_devices(stack: &[String]) -> bool {
     stack.len() == 2 && stack[0] == "domain" && stack[1] == "devices"
 }
 
+/// The element's qualified name: libvirt's elements have no prefix, so `<qemu:devices>`
+/// is not `<devices>`.
 fn name_of(element: &BytesStart<'_>) -> String {
-    element.local_name().as_ref().to_string()
+    element.name().as_ref().to_string()
 }
 
 fn position(reader: &Reader<&[u8]>) -> usize {
@@ -256,26 +303,30 @@ fn malformed(at: usize, message: String) -> DomainError {
 }
 
 /// Splices the channel in before `</devices>` at byte `at`, indented like its siblings
-/// when `</devices>` starts its own line.
-fn insert_before_close(text: &str, at: usize, socket_path: &str) -> String {
-    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-    let indent = &text[line_start..at];
+/// (and with the document's line ending) when `</devices>` starts its own line. `None` if
+/// `at` is not a char boundary.
+fn insert_before_close(text: &str, at: usize, socket_path: &str) -> Option<String> {
+    let (head, tail) = text.split_at_checked(at)?;
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let (lines, indent) = head.split_at_checked(line_start)?;
     if !indent.is_empty() && indent.chars().all(|c| c == ' ' || c == '\t') {
         let unit = if indent.contains('\t') { "\t" } else { "  " };
+        let newline = if lines.ends_with("\r\n") {
+            "\r\n"
+        } else {
+            "\n"
+        };
         let child = format!("{indent}{unit}");
-        format!(
-            "{}{}\n{}",
-            &text[..line_start],
-            channel_element(socket_path, Some((&child, unit))),
-            &text[line_start..]
-        )
+        let element = channel_element(socket_path, Some((&child, unit)));
+        Some(format!(
+            "{lines}{}{newline}{indent}{tail}",
+            element.replace('\n', newline)
+        ))
     } else {
-        format!(
-            "{}{}{}",
-            &text[..at],
-            channel_element(socket_path, None),
-            &text[at..]
-        )
+        Some(format!(
+            "{head}{}{tail}",
+            channel_element(socket_path, None)
+        ))
     }
 }
 
@@ -358,9 +409,69 @@ mod tests {
         assert_eq!(
             error,
             DomainError::ChannelTaken {
-                found: "\"/x.sock\"".into(),
+                found: "type unix, source mode bind, path \"/x.sock\"".into(),
                 wanted: PATH.into()
             }
+        );
+        // Our path, but QEMU would connect instead of binding: not ours either.
+        let connect = format!(
+            "<domain><devices><channel type='unix'><source mode='connect' path='{PATH}'/>\
+             <target type='virtio' name='org.qemu.guest_agent.1'/></channel></devices></domain>"
+        );
+        assert!(matches!(
+            add_agent_channel(connect.as_bytes(), PATH),
+            Err(DomainError::ChannelTaken { .. })
+        ));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept_and_does_not_shift_the_edit() {
+        let xml = "\u{feff}<domain><devices>\u{20ac}x</devices></domain>";
+        let edited = add_agent_channel(xml.as_bytes(), PATH).unwrap();
+        assert!(
+            edited
+                .xml
+                .starts_with("\u{feff}<domain><devices>\u{20ac}x<channel ")
+        );
+        assert!(edited.xml.ends_with("</channel></devices></domain>"));
+    }
+
+    #[test]
+    fn crlf_documents_get_crlf_lines() {
+        let xml = "<domain>\r\n  <devices>\r\n    <disk/>\r\n  </devices>\r\n</domain>";
+        let edited = add_agent_channel(xml.as_bytes(), PATH).unwrap();
+        assert!(
+            !edited.xml.replace("\r\n", "").contains('\n'),
+            "{:?}",
+            edited.xml
+        );
+        assert!(
+            edited
+                .xml
+                .contains("    <channel type=\"unix\">\r\n      <source")
+        );
+    }
+
+    #[test]
+    fn prefixed_elements_are_not_libvirts() {
+        let xml = "<domain xmlns:x='urn:x'><x:devices/><devices/></domain>";
+        let edited = add_agent_channel(xml.as_bytes(), PATH).unwrap();
+        assert!(
+            edited
+                .xml
+                .starts_with("<domain xmlns:x='urn:x'><x:devices/><devices><channel")
+        );
+        assert_eq!(
+            add_agent_channel(b"<x:domain xmlns:x='urn:x'/>", PATH),
+            Err(DomainError::NotADomain("x:domain".into()))
+        );
+    }
+
+    #[test]
+    fn two_devices_elements_are_refused() {
+        assert_eq!(
+            add_agent_channel(b"<domain><devices/><devices></devices></domain>", PATH),
+            Err(DomainError::SecondDevices)
         );
     }
 
@@ -416,5 +527,43 @@ mod tests {
             add_agent_channel(b"<domain>\xff</domain>", PATH),
             Err(DomainError::NotUtf8(8))
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const FIXTURE: &str = include_str!("../../tests/hook/fixtures/domain.xml");
+
+        proptest! {
+            /// Any bytes: an answer or an error, never a panic; an added channel is the
+            /// only difference, and a second edit changes nothing.
+            #[test]
+            fn any_input_is_edited_once_or_refused(
+                cut in 0..FIXTURE.len(),
+                noise in "[<>/a-z\"'= \n\u{feff}\u{20ac}]{0,12}",
+            ) {
+                let mut xml = FIXTURE.as_bytes()[..cut].to_vec();
+                xml.extend_from_slice(noise.as_bytes());
+                xml.extend_from_slice(&FIXTURE.as_bytes()[cut..]);
+                if let Ok(edited) = add_agent_channel(&xml, PATH) {
+                    let again = add_agent_channel(edited.xml.as_bytes(), PATH).unwrap();
+                    prop_assert!(!again.added);
+                    prop_assert_eq!(&again.xml, &edited.xml);
+                    if edited.added {
+                        let input = String::from_utf8(xml).unwrap();
+                        let start = input
+                            .bytes()
+                            .zip(edited.xml.bytes())
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(input.len());
+                        let added = edited.xml.len() - input.len();
+                        let rest = format!("{}{}", &edited.xml[..start], &edited.xml[start + added..]);
+                        prop_assert_eq!(rest, input);
+                    }
+                }
+            }
+        }
     }
 }

@@ -31,6 +31,8 @@ pub const HOOK_SOCKET: &str = "probe-gateway.sock";
 pub const CHANNEL_SOCKET: &str = "probe-gateway-qga.sock";
 /// The name `Info` gives; virt-launcher logs it.
 pub const HOOK_NAME: &str = "probe-gateway";
+/// The least time the hook server gets to finish its calls at shutdown.
+const MIN_STOP_GRACE: Duration = Duration::from_secs(1);
 /// The container name KubeVirt gives the first hook sidecar of a VM.
 pub const DEFAULT_CONTAINER_NAME: &str = "hook-sidecar-0";
 
@@ -183,13 +185,14 @@ impl HookServer {
         })
     }
 
-    /// Stops accepting calls, lets calls in flight finish within `grace` (virt-launcher
-    /// may hold its connection open), and removes the socket.
+    /// Stops accepting calls, lets calls in flight finish within `grace` (at least
+    /// [`MIN_STOP_GRACE`], so that the reply to `Shutdown` goes out; virt-launcher may hold
+    /// its connection open beyond that), and removes the socket.
     pub async fn stop(mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match tokio::time::timeout(grace, &mut self.serving).await {
+        match tokio::time::timeout(grace.max(MIN_STOP_GRACE), &mut self.serving).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => tracing::warn!(%error, "the hook server failed"),
             Ok(Err(error)) => tracing::warn!(%error, "the hook server task failed"),

@@ -28,6 +28,11 @@ impl CheckSet {
             settings.output_excerpt_bytes,
             Arc::clone(metrics),
         );
+        CheckSet::with_agent(settings, agent, metrics)
+    }
+
+    /// The same with an agent client already running (for `settings.agent`).
+    pub fn with_agent(settings: Settings, agent: GuestAgent, metrics: &Arc<Metrics>) -> CheckSet {
         let grace = (!settings.liveness_grace.is_zero()).then(|| LivenessGrace {
             started: Instant::now(),
             window: settings.liveness_grace,

@@ -449,3 +449,50 @@ fn the_hooks_dir_holds_exactly_one_socket_for_virt_launcher() {
         .collect();
     assert_eq!(files, vec!["probe-gateway.sock"], "{entries:?}");
 }
+
+#[tokio::test]
+async fn a_definition_with_other_checks_replaces_them_on_the_same_connection() {
+    let agent = QemuGa::start();
+    let hooked = Hooked::start(&[]);
+    hooked.plug_agent(&agent, false);
+    let ping_only = vmi_with_probes(
+        hooked.dir.path(),
+        Some("livenessProbe:\n  guestAgentPing: {}\n"),
+    );
+    assert_eq!(
+        define(&hooked.socket(), &domain_fixture(), &ping_only)["ok"],
+        true
+    );
+    eventually("the agent answers", Duration::from_secs(5), || async {
+        let (status, report) = hooked.gateway.report("/live").await;
+        status == 200 && report["reason"] == Value::Null
+    })
+    .await;
+    assert_eq!(hooked.gateway.get("/ready").await.status, 404);
+
+    let with_readiness = vmi_with_probes(
+        hooked.dir.path(),
+        Some(
+            "readinessProbe:\n  exec:\n    command: [\"false\"]\n  timeoutSeconds: 2\nlivenessProbe:\n  guestAgentPing: {}\n",
+        ),
+    );
+    assert_eq!(
+        define(&hooked.socket(), &domain_fixture(), &with_readiness)["ok"],
+        true
+    );
+    // A listening agent serves one client: a second connection would wait behind the
+    // first. The new checks answer at once, on the connection already open.
+    let reply = hooked.gateway.get("/ready").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (503, "exec: exit code 1\n")
+    );
+    let logs = hooked.gateway.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|e| e["message"] == "the VM is defined: its checks are in force")
+            .count(),
+        2,
+        "{logs:#?}"
+    );
+}
