@@ -25,6 +25,10 @@ cargo clippy --locked --all-targets -- -D warnings
 # tests, so that the test runner's summary is the last thing printed).
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
 
+# The release build exactly as docker/Dockerfile runs it (tests/api/deploy.rs keeps the two
+# the same): what CI builds is what the image holds.
+cargo build --release --locked
+
 # The HTTP API against its OpenAPI document: validator, generated client, schemathesis.
 scripts/api-contract.sh
 

@@ -18,6 +18,7 @@ use crate::http::{self, AppState};
 use crate::kubevirt::{HookEvent, HookServer, HookSetup, hook::HookError};
 use crate::metrics::Metrics;
 use crate::probe::{CheckSet, ChecksInForce};
+use crate::reload::{ConfigSource, ConfigWatch};
 
 /// What `/ready` and `/live` say in hook mode before `OnDefineDomain`.
 pub const WAITING_FOR_DEFINITION: &str = "waiting for the VM definition: the checks come from \
@@ -56,6 +57,8 @@ pub struct Application {
     checks: Arc<ChecksInForce>,
     metrics: Arc<Metrics>,
     hook: Option<Hook>,
+    /// The config file, reloaded on SIGHUP and when it changes.
+    reloads: Option<Reloads>,
     shutdown_grace: Duration,
 }
 
@@ -63,9 +66,12 @@ impl Application {
     /// Binds the listen address and puts `settings`' checks in force; in hook mode whose
     /// checks come from the VMI, starts the hook services instead and waits. Must run
     /// inside an actix system (`actix_web::rt::System`).
+    ///
+    /// `config` is the file `settings` came from (and the text read), to reload.
     pub fn build(
         settings: Settings,
         hook_mode: Option<HookMode>,
+        config: Option<(ConfigSource, String)>,
     ) -> Result<Application, StartError> {
         let listener = bind(settings.listen)?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -74,6 +80,8 @@ impl Application {
         })?;
         let metrics = Arc::new(Metrics::new());
         let shutdown_grace = settings.shutdown_grace;
+        // Watch before serving: a change from now on is seen.
+        let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.listen));
         let agent = settings.agent.to_string();
         let waits = hook_mode
             .as_ref()
@@ -126,6 +134,7 @@ impl Application {
             checks,
             metrics,
             hook,
+            reloads,
             shutdown_grace,
         })
     }
@@ -142,6 +151,7 @@ impl Application {
             checks,
             metrics,
             hook,
+            mut reloads,
             shutdown_grace,
             ..
         } = self;
@@ -172,13 +182,18 @@ impl Application {
                         return Err(error);
                     }
                 },
+                Some(forced) = next_reload(&mut reloads) => {
+                    if let Some(reloads) = reloads.as_mut() {
+                        reloads.reload(forced, &checks, &metrics).await;
+                    }
+                }
                 Some(event) = next_event(&mut hook_events) => match event {
-                    HookEvent::Defined { checks: file, applied } => {
-                        let outcome = match (file, &overrides) {
-                            (Some(file), Some(overrides)) => {
-                                apply_definition(&checks, *file, overrides, &metrics).await
+                    HookEvent::Defined { checks: file, vsock_cid, applied } => {
+                        let outcome = match &overrides {
+                            Some(overrides) => {
+                                apply_definition(&checks, file.map(|f| *f), vsock_cid, overrides, &metrics).await
                             }
-                            _ => Ok(()),
+                            None => Ok(()),
                         };
                         let _ = applied.send(outcome);
                     }
@@ -208,6 +223,106 @@ impl Application {
     }
 }
 
+/// Reloading the config file: SIGHUP and the directory watch.
+struct Reloads {
+    source: ConfigSource,
+    /// The text of the config in force.
+    text: String,
+    /// The `listen` setting the server was bound with.
+    listen: SocketAddr,
+    watch: Option<ConfigWatch>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    /// The file changed between its first read and the start of the watch.
+    pending: bool,
+}
+
+impl Reloads {
+    fn start(source: ConfigSource, text: String, listen: SocketAddr) -> Reloads {
+        let watch = match ConfigWatch::start(&source.path) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                tracing::warn!(%error, path = %source.path.display(), "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        };
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|error| tracing::warn!(%error, "cannot wait for SIGHUP"))
+            .ok();
+        let pending = std::fs::read_to_string(&source.path).is_ok_and(|now| now != text);
+        Reloads {
+            source,
+            text,
+            listen,
+            watch,
+            hangup,
+            pending,
+        }
+    }
+
+    /// The next reason to reload: `true` for SIGHUP (always re-read), `false` for a change
+    /// in the directory (ignored when the text is the same).
+    async fn next(&mut self) -> Option<bool> {
+        if std::mem::take(&mut self.pending) {
+            return Some(false);
+        }
+        let watch = async {
+            match self.watch.as_mut() {
+                Some(watch) => watch.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match self.hangup.as_mut() {
+                Some(hangup) => hangup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(()) = watch => Some(false),
+            Some(()) = hangup => Some(true),
+        }
+    }
+
+    /// Reads the file; a valid config replaces the one in force (requests in flight finish
+    /// on the old one), an invalid one is logged with every error and the old one stays.
+    async fn reload(&mut self, forced: bool, checks: &ChecksInForce, metrics: &Arc<Metrics>) {
+        let path = self.source.path.display().to_string();
+        match self.source.read() {
+            Ok((text, _)) if text == self.text && !forced => {}
+            Ok((text, settings)) => {
+                if settings.listen != self.listen {
+                    tracing::warn!(
+                        configured = %settings.listen,
+                        listening = %self.listen,
+                        "listen changed in the config: it takes effect at the next restart"
+                    );
+                }
+                let outcome = put_in_force(checks, settings, metrics).await;
+                metrics.record_reload(outcome);
+                tracing::info!(path, outcome, "config reloaded");
+                self.text = text;
+            }
+            Err(errors) => {
+                metrics.record_reload("rejected");
+                for line in errors.lines() {
+                    tracing::error!(
+                        error = line,
+                        "config reload rejected; the config in force stays"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The next reload, or never when the config is not from a file.
+async fn next_reload(reloads: &mut Option<Reloads>) -> Option<bool> {
+    match reloads {
+        Some(reloads) => reloads.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next hook event, or never when there is no hook (so `select!` ignores the branch).
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<HookEvent>>) -> Option<HookEvent> {
     match events {
@@ -216,26 +331,56 @@ async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<HookEvent>>) -> 
     }
 }
 
-/// Puts the VMI's checks in force. The same checks again (a migration target's second
-/// definition, a retry) keep the set; other checks replace it. A new set keeps the agent
-/// connection when the agent is the same: the private channel serves one client at a time,
-/// so a second connection would only wait behind the first.
+/// Puts what the VM's definition brings in force (see [`put_in_force`]): the VMI's checks
+/// (`None` when a config file gave them), and its vsock CID for `vsock://vmi:PORT`.
 async fn apply_definition(
     checks: &ChecksInForce,
-    file: GatewayFile,
+    file: Option<GatewayFile>,
+    vsock_cid: Option<u32>,
     overrides: &Overrides,
     metrics: &Arc<Metrics>,
 ) -> Result<(), String> {
-    let summary = file.summary();
-    let settings = Settings::resolve(file, overrides.clone()).map_err(|e| e.to_string())?;
-    let current = checks.current().ok();
-    if let Some(current) = &current
-        && current.settings == settings
-    {
-        tracing::info!("the VM is defined again with the same checks; kept");
-        return Ok(());
+    let (summary, mut settings) = match file {
+        Some(file) => {
+            let summary = file.summary();
+            let settings = Settings::resolve(file, overrides.clone()).map_err(|e| e.to_string())?;
+            (summary, settings)
+        }
+        None => match (checks.current(), vsock_cid) {
+            (Ok(current), Some(_)) => ("the config's".to_string(), current.settings.clone()),
+            _ => return Ok(()),
+        },
+    };
+    if let Some(cid) = vsock_cid {
+        settings.agent = settings.agent.with_vmi_cid(cid);
     }
-    tracing::info!(checks = %summary, "the VM is defined: its checks are in force");
+    let agent = settings.agent.to_string();
+    match put_in_force(checks, settings, metrics).await {
+        "unchanged" => tracing::info!("the VM is defined again with the same checks; kept"),
+        _ => {
+            tracing::info!(checks = %summary, %agent, "the VM is defined: its checks are in force")
+        }
+    }
+    Ok(())
+}
+
+/// Puts `settings`' checks in force, unless they are the ones in force ("unchanged"; a
+/// migration target's second definition, a reload of the same file). A new set keeps the
+/// agent connection when the agent is the same: a private channel or a listening agent
+/// serves one client at a time, so a second connection would only wait behind the first.
+/// Requests in flight finish on the set they started with.
+async fn put_in_force(
+    checks: &ChecksInForce,
+    settings: Settings,
+    metrics: &Arc<Metrics>,
+) -> &'static str {
+    let current = checks.current().ok();
+    if current
+        .as_ref()
+        .is_some_and(|current| current.settings == settings)
+    {
+        return "unchanged";
+    }
     let reusable = current.as_ref().filter(|current| {
         current.settings.agent == settings.agent
             && current.settings.output_excerpt_bytes == settings.output_excerpt_bytes
@@ -250,7 +395,7 @@ async fn apply_definition(
         }
     };
     checks.replace(set);
-    Ok(())
+    "applied"
 }
 
 /// Stops the hook services and closes the agent connection of the checks in force.

@@ -19,6 +19,7 @@ use crate::config::{self, GatewayFile, LoadError, Overrides, ProbeKind, Settings
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
 use crate::probe::Checker;
+use crate::reload::ConfigSource;
 use crate::telemetry::{self, LogFormat};
 
 pub const EXIT_CHECK_FAILED: u8 = 1;
@@ -121,6 +122,10 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// `vsock://vmi:PORT` outside hook mode, where no VMI brings a CID.
+const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
+     --kubevirt-hook; give vsock://CID:PORT otherwise";
+
 fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
     for line in error.to_string().lines() {
         eprintln!("error: {line}");
@@ -146,12 +151,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
         default_agent: None,
     };
-    let file = match &args.config {
-        Some(path) => match config::load(path) {
-            Ok(file) => file,
+    let (file, text) = match &args.config {
+        Some(path) => match config::load_text(path) {
+            Ok(loaded) => loaded,
             Err(error) => return config_error(&error),
         },
-        None => GatewayFile::empty(),
+        None => (GatewayFile::empty(), String::new()),
     };
     let hook_mode = args.kubevirt_hook.then(|| {
         let setup = HookSetup {
@@ -159,6 +164,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             container_name: args.container_name.clone(),
             add_channel: overrides.agent.is_none() && file.agent.is_none(),
             checks_from_vmi: args.config.is_none(),
+            vsock_of_vmi: matches!(
+                overrides.agent.as_ref().or(file.agent.as_ref()),
+                Some(AgentAddress::VsockOfVmi { .. })
+            ),
         };
         HookMode {
             overrides: Overrides {
@@ -175,6 +184,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         || "the command line".to_string(),
         |p| p.display().to_string(),
     );
+    let reload = args.config.clone().map(|path| {
+        (
+            ConfigSource {
+                path,
+                overrides: overrides.clone(),
+            },
+            text,
+        )
+    });
     let settings = match Settings::resolve(file, overrides) {
         Ok(settings) => settings,
         Err(errors) => {
@@ -184,8 +202,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             });
         }
     };
+    if let (AgentAddress::VsockOfVmi { .. }, false) = (&settings.agent, args.kubevirt_hook) {
+        return config_error(&VSOCK_OF_VMI_NEEDS_HOOK);
+    }
     actix_web::rt::System::new().block_on(async move {
-        let app = match Application::build(settings, hook_mode) {
+        let app = match Application::build(settings, hook_mode, reload) {
             Ok(app) => app,
             Err(error) => return config_error(&error),
         };
@@ -213,6 +234,9 @@ fn check(args: CheckArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    if let AgentAddress::VsockOfVmi { .. } = settings.agent {
+        return config_error(&VSOCK_OF_VMI_NEEDS_HOOK);
+    }
     let Some(spec) = settings.probe(kind).cloned() else {
         eprintln!(
             "error: {}: {} is not configured",
@@ -239,7 +263,7 @@ fn check(args: CheckArgs) -> ExitCode {
             Arc::clone(&metrics),
         );
         // No liveness grace: a one-off check tells what it finds.
-        let checker = Checker::new(kind, spec, agent.clone(), None, metrics);
+        let checker = Checker::new(kind, spec, agent.clone(), None, Duration::ZERO, metrics);
         let started = Instant::now();
         let report = checker.run().await;
         agent.close().await;

@@ -21,4 +21,5 @@ pub mod http;
 pub mod kubevirt;
 pub mod metrics;
 pub mod probe;
+pub mod reload;
 pub mod telemetry;

@@ -50,6 +50,11 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
 /// Check durations: 100 µs (a local ping) to 30 s (the longest sensible exec timeout),
 /// in the 1-2.5-5 steps dashboards expect.
 const DURATION_BUCKETS: [f64; 17] = [
@@ -68,6 +73,7 @@ pub struct Metrics {
     agent_commands: Family<CommandLabels, Counter>,
     pub guest_processes_running: Gauge,
     http_requests: Family<HttpLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +95,12 @@ impl Metrics {
         let agent_commands = Family::default();
         let guest_processes_running = Gauge::default();
         let http_requests = Family::default();
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Config file reloads, by result: applied, unchanged, or rejected (invalid; the config in force stays)",
+            config_reloads.clone(),
+        );
         registry.register(
             "checks",
             "Checks run, by probe, handler and result (success, failure, timeout, error)",
@@ -139,7 +151,15 @@ impl Metrics {
             agent_commands,
             guest_processes_running,
             http_requests,
+            config_reloads,
         }
+    }
+
+    /// Counts one reload: `applied`, `unchanged` or `rejected`.
+    pub fn record_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     pub fn record_check(
@@ -206,12 +226,14 @@ mod tests {
         metrics.record_command("guest-ping", CommandOutcome::timeout);
         metrics.record_http("/no/such/path", 404);
         metrics.agent_up.set(1);
+        metrics.record_reload("rejected");
         let text = metrics.encode();
         for line in [
             "probe_gateway_checks_total{probe=\"readiness\",handler=\"exec\",result=\"failure\"} 1",
             "probe_gateway_agent_commands_total{command=\"guest-ping\",outcome=\"timeout\"} 1",
             "probe_gateway_http_requests_total{path=\"other\",status=\"404\"} 1",
             "probe_gateway_agent_up 1",
+            "probe_gateway_config_reloads_total{result=\"rejected\"} 1",
             "probe_gateway_check_duration_seconds_count{probe=\"readiness\",handler=\"exec\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The accepted forms, quoted in every error about an agent address.
-pub const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT, or hybrid-vsock:///absolute/path?port=PORT";
+pub const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
 
 /// The address of a qemu-guest-agent endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub enum AgentAddress {
     /// AF_VSOCK to a guest whose qemu-ga runs `-m vsock-listen` on `port`. In KubeVirt the
     /// CID is the VMI's `status.vsockCID`; the pod needs a seccomp profile allowing AF_VSOCK.
     Vsock { cid: u32, port: u32 },
+    /// `vsock://vmi:PORT`, KubeVirt hook mode only: AF_VSOCK to the VM this sidecar hooks,
+    /// whose CID (`status.vsockCID`) is learnt at `OnDefineDomain`; then it becomes
+    /// [`AgentAddress::Vsock`].
+    VsockOfVmi { port: u32 },
     /// Firecracker / Cloud Hypervisor host-side vsock: a unix socket that connects to the
     /// guest's `port` after a `CONNECT <port>` / `OK <n>` handshake.
     HybridVsock { path: PathBuf, port: u32 },
@@ -31,6 +35,14 @@ pub enum AgentAddress {
 }
 
 impl AgentAddress {
+    /// The address with the VM's vsock CID filled in (`vsock://vmi:PORT`); others as they are.
+    pub fn with_vmi_cid(self, cid: u32) -> AgentAddress {
+        match self {
+            AgentAddress::VsockOfVmi { port } => AgentAddress::Vsock { cid, port },
+            other => other,
+        }
+    }
+
     /// Parses one of [`ACCEPTED_FORMS`].
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
@@ -78,6 +90,11 @@ fn parse_vsock(text: &str, rest: &str) -> Result<AgentAddress, String> {
     let Some((cid, port)) = rest.split_once(':') else {
         return Err(format!("{text:?} has no port; expected vsock://CID:PORT"));
     };
+    if cid == "vmi" {
+        return Ok(AgentAddress::VsockOfVmi {
+            port: parse_port(text, port)?,
+        });
+    }
     let cid = cid.parse::<u32>().map_err(|_| {
         format!("{text:?}: CID {cid:?} is not a number (the VMI's status.vsockCID); expected vsock://CID:PORT")
     })?;
@@ -109,6 +126,7 @@ impl fmt::Display for AgentAddress {
         match self {
             AgentAddress::Unix(path) => write!(f, "unix://{}", path.display()),
             AgentAddress::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
+            AgentAddress::VsockOfVmi { port } => write!(f, "vsock://vmi:{port}"),
             AgentAddress::HybridVsock { path, port } => {
                 write!(f, "hybrid-vsock://{}?port={port}", path.display())
             }
@@ -163,6 +181,7 @@ mod tests {
         for text in [
             "unix:///a/b",
             "vsock://3:99",
+            "vsock://vmi:1024",
             "hybrid-vsock:///a/v.sock?port=7",
         ] {
             assert_eq!(AgentAddress::parse(text).unwrap().to_string(), text);

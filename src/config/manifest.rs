@@ -138,6 +138,21 @@ pub fn checks_from_vmi(vmi_json: &[u8]) -> Result<GatewayFile, ConfigErrors> {
     errors.finish(file)
 }
 
+/// The VMI's vsock CID (`status.vsockCID`), for an agent at `vsock://vmi:PORT`.
+pub fn vsock_cid_of_vmi(vmi_json: &[u8]) -> Result<u32, String> {
+    let vmi: Value = serde_json::from_slice(vmi_json).map_err(|e| format!("is not JSON: {e}"))?;
+    let cid = &vmi["status"]["vsockCID"];
+    match cid.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        Some(cid) if cid > 2 => Ok(cid),
+        _ if cid.is_null() => Err("status.vsockCID: not set: the agent is vsock://vmi:PORT, \
+             which needs KubeVirt's VSOCK feature gate and autoattachVSOCK: true on the VM"
+            .into()),
+        _ => Err(format!(
+            "status.vsockCID: {cid} is not a guest CID (3 to 4294967295)"
+        )),
+    }
+}
+
 fn read_vmi_annotation(map: &Map<String, Value>, errors: &mut Errors) -> Option<GatewayFile> {
     let layout = Layout::of(ManifestKind::VirtualMachineInstance);
     let annotations_path = path_of(layout.annotations);
@@ -358,6 +373,8 @@ spec:
                 },
                 listen: None,
                 agent: None,
+                mode: None,
+                min_interval: None,
                 liveness_grace: None,
                 expose_output: Some(true),
                 output_excerpt_bytes: None,
@@ -717,6 +734,15 @@ spec:
         let errors = checks_from_vmi(vmi).unwrap_err().0;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "metadata.annotations");
+    }
+
+    #[test]
+    fn the_vsock_cid_comes_from_the_vmis_status() {
+        assert_eq!(vsock_cid_of_vmi(&vmi_json(None)), Ok(3));
+        let error = vsock_cid_of_vmi(br#"{"status": {}}"#).unwrap_err();
+        assert!(error.starts_with("status.vsockCID: not set"), "{error}");
+        let error = vsock_cid_of_vmi(br#"{"status": {"vsockCID": 2}}"#).unwrap_err();
+        assert!(error.contains("is not a guest CID"), "{error}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::agent::AgentAddress;
 
-pub use manifest::checks_from_vmi;
+pub use manifest::{checks_from_vmi, vsock_cid_of_vmi};
 pub use parse::parse_document;
 pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
 
@@ -74,6 +74,28 @@ pub struct ExecCommand {
     pub path: String,
     /// `command[1..]`.
     pub args: Vec<String>,
+}
+
+/// When checks run: for each HTTP probe (the default), or in the gateway's own loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Each `/ready` or `/live` request runs the check (concurrent requests share one);
+    /// kubelet applies periods and thresholds.
+    #[default]
+    OnDemand,
+    /// The gateway runs each check every `periodSeconds` after `initialDelaySeconds` and
+    /// applies `successThreshold`/`failureThreshold` as kubelet does; requests answer at
+    /// once from the current state.
+    Background,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::OnDemand => "onDemand",
+            Mode::Background => "background",
+        }
+    }
 }
 
 /// What a probe does: the one handler it has.
@@ -144,6 +166,8 @@ pub struct GatewayFile {
     pub source: ConfigSource,
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentAddress>,
+    pub mode: Option<Mode>,
+    pub min_interval: Option<Duration>,
     pub liveness_grace: Option<Duration>,
     pub expose_output: Option<bool>,
     pub output_excerpt_bytes: Option<usize>,
@@ -158,6 +182,8 @@ impl GatewayFile {
             source: ConfigSource::GatewayConfig,
             listen: None,
             agent: None,
+            mode: None,
+            min_interval: None,
             liveness_grace: None,
             expose_output: None,
             output_excerpt_bytes: None,
@@ -187,6 +213,9 @@ impl GatewayFile {
             } => format!("{} (checks from its probes)", kind.as_str()),
         };
         let mut parts = vec![source];
+        if let Some(mode) = self.mode {
+            parts.push(format!("mode {}", mode.as_str()));
+        }
         for kind in ProbeKind::ALL {
             if let Some(spec) = self.probe(kind) {
                 let what = match &spec.handler {
@@ -260,13 +289,21 @@ pub enum LoadError {
 
 /// Reads and validates a config file (gateway config, or VM/VMI manifest; YAML or JSON).
 pub fn load(path: &Path) -> Result<GatewayFile, LoadError> {
+    load_text(path).map(|(file, _)| file)
+}
+
+/// [`load`], with the text read (to tell a changed file from the same one on reload).
+pub fn load_text(path: &Path) -> Result<(GatewayFile, String), LoadError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: shown.clone(),
         source,
     })?;
-    parse_document(&text).map_err(|errors| LoadError::Invalid {
-        path: shown,
-        errors,
-    })
+    match parse_document(&text) {
+        Ok(file) => Ok((file, text)),
+        Err(errors) => Err(LoadError::Invalid {
+            path: shown,
+            errors,
+        }),
+    }
 }

@@ -19,7 +19,7 @@ use serde_saphyr::MessageFormatter as _;
 use super::manifest::{self, DocumentKind};
 use super::{
     ConfigError, ConfigErrors, ConfigSource, ExecCommand, GatewayFile, Handler,
-    MAX_OUTPUT_EXCERPT_BYTES, ProbeKind, ProbeSpec,
+    MAX_OUTPUT_EXCERPT_BYTES, Mode, ProbeKind, ProbeSpec,
 };
 use crate::agent::AgentAddress;
 
@@ -32,6 +32,8 @@ const DOCUMENT_EXPECTED: &str = "a gateway config with readinessProbe and/or liv
 const GATEWAY_FIELDS: &[&str] = &[
     "listen",
     "agent",
+    "mode",
+    "minIntervalSeconds",
     "livenessGraceSeconds",
     "exposeOutput",
     "outputExcerptBytes",
@@ -42,6 +44,8 @@ const GATEWAY_FIELDS: &[&str] = &[
 /// The fields a gateway config shares with the manifest annotation: the checks and how they
 /// are reported, but not where the gateway listens or reaches the agent.
 pub(super) const CHECKS_FIELDS: &[&str] = &[
+    "mode",
+    "minIntervalSeconds",
     "livenessGraceSeconds",
     "exposeOutput",
     "outputExcerptBytes",
@@ -115,6 +119,8 @@ fn read_gateway_config(map: &Map<String, Value>, errors: &mut Errors) -> Gateway
 /// ([`super::Settings`]).
 #[derive(Debug, Default)]
 pub(super) struct Checks {
+    pub(super) mode: Option<Mode>,
+    pub(super) min_interval: Option<Duration>,
     pub(super) liveness_grace: Option<Duration>,
     pub(super) expose_output: Option<bool>,
     pub(super) output_excerpt_bytes: Option<usize>,
@@ -133,6 +139,8 @@ impl Checks {
             source,
             listen,
             agent,
+            mode: self.mode,
+            min_interval: self.min_interval,
             liveness_grace: self.liveness_grace,
             expose_output: self.expose_output,
             output_excerpt_bytes: self.output_excerpt_bytes,
@@ -158,7 +166,18 @@ pub(super) fn read_checks(
             "no probe configured: set readinessProbe and/or livenessProbe",
         );
     }
+    let mode = read_field(map, path, "mode", errors, read_mode);
+    let min_interval = read_field(map, path, "minIntervalSeconds", errors, read_grace);
+    if mode == Some(Mode::Background) && min_interval.is_some_and(|d| !d.is_zero()) {
+        errors.add(
+            &path.field("minIntervalSeconds"),
+            "applies to mode: onDemand only; in background mode every answer is the loop's \
+             latest result",
+        );
+    }
     Checks {
+        mode,
+        min_interval,
         liveness_grace: read_field(map, path, "livenessGraceSeconds", errors, read_grace),
         expose_output: read_field(map, path, "exposeOutput", errors, read_bool),
         output_excerpt_bytes: read_field(map, path, "outputExcerptBytes", errors, read_excerpt),
@@ -411,6 +430,20 @@ fn read_grace(value: &Value) -> Result<Duration, String> {
     u64::try_from(seconds)
         .map(Duration::from_secs)
         .map_err(|_| at_least(0))
+}
+
+fn read_mode(value: &Value) -> Result<Mode, String> {
+    match value.as_str() {
+        Some("onDemand") => Ok(Mode::OnDemand),
+        Some("background") => Ok(Mode::Background),
+        _ => Err(format!(
+            "must be onDemand or background (found {})",
+            match value {
+                Value::String(text) => format!("{text:?}"),
+                other => describe(other).to_string(),
+            }
+        )),
+    }
 }
 
 fn read_excerpt(value: &Value) -> Result<usize, String> {
@@ -864,6 +897,8 @@ livenessProbe:
             agent: Some(AgentAddress::Unix(PathBuf::from(
                 "/run/probe-gateway/agent.sock",
             ))),
+            mode: None,
+            min_interval: None,
             liveness_grace: Some(Duration::from_secs(600)),
             expose_output: Some(false),
             output_excerpt_bytes: Some(1024),
@@ -1026,8 +1061,8 @@ livenessProbe:
         let error = single_error(&liveness_ping("bogus: 1\n"));
         assert_eq!(
             error,
-            "bogus: unknown field; expected one of listen, agent, livenessGraceSeconds, \
-             exposeOutput, outputExcerptBytes, readinessProbe, livenessProbe"
+            "bogus: unknown field; expected one of listen, agent, mode, minIntervalSeconds, \
+             livenessGraceSeconds, exposeOutput, outputExcerptBytes, readinessProbe, livenessProbe"
         );
     }
 
@@ -1208,6 +1243,30 @@ livenessProbe:
         assert_eq!(file.liveness_grace, Some(Duration::ZERO));
         let error = single_error(&liveness_ping("livenessGraceSeconds: -1\n"));
         assert_eq!(error, "livenessGraceSeconds: must be at least 0");
+    }
+
+    #[test]
+    fn mode_is_on_demand_or_background() {
+        let file = parse_document(&liveness_ping("mode: background\n")).unwrap();
+        assert_eq!(file.mode, Some(Mode::Background));
+        let file = parse_document(&liveness_ping("mode: onDemand\n")).unwrap();
+        assert_eq!(file.mode, Some(Mode::OnDemand));
+        let error = single_error(&liveness_ping("mode: Background\n"));
+        assert_eq!(
+            error,
+            "mode: must be onDemand or background (found \"Background\")"
+        );
+    }
+
+    #[test]
+    fn min_interval_is_for_on_demand_mode_only() {
+        let file = parse_document(&liveness_ping("minIntervalSeconds: 5\n")).unwrap();
+        assert_eq!(file.min_interval, Some(Duration::from_secs(5)));
+        let error = single_error(&liveness_ping("mode: background\nminIntervalSeconds: 5\n"));
+        assert!(
+            error.starts_with("minIntervalSeconds: applies to mode: onDemand only"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     ConfigError, ConfigErrors, DEFAULT_LISTEN, DEFAULT_LIVENESS_GRACE,
-    DEFAULT_OUTPUT_EXCERPT_BYTES, GatewayFile, ProbeKind, ProbeSpec,
+    DEFAULT_OUTPUT_EXCERPT_BYTES, GatewayFile, Mode, ProbeKind, ProbeSpec,
 };
 use crate::agent::AgentAddress;
 
@@ -17,6 +17,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub listen: SocketAddr,
     pub agent: AgentAddress,
+    pub mode: Mode,
+    /// On-demand mode: a result younger than this is reused.
+    pub min_interval: Duration,
     pub liveness_grace: Duration,
     pub expose_output: bool,
     pub output_excerpt_bytes: usize,
@@ -58,6 +61,8 @@ impl Settings {
         Ok(Settings {
             listen: overrides.listen.or(file.listen).unwrap_or(default_listen),
             agent,
+            mode: file.mode.unwrap_or_default(),
+            min_interval: file.min_interval.unwrap_or(Duration::ZERO),
             liveness_grace: file.liveness_grace.unwrap_or(DEFAULT_LIVENESS_GRACE),
             expose_output: file.expose_output.unwrap_or(false),
             output_excerpt_bytes: file

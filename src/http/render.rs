@@ -74,6 +74,23 @@ pub fn verbose(report: &ProbeReport, exposure: Exposure) -> String {
     }
     let _ = writeln!(text, "    durationSeconds: {}", json.duration_seconds);
     let _ = writeln!(text, "    checkedAt: {}", json.checked_at);
+    if let Some(age) = json.reused_age_seconds {
+        let _ = writeln!(text, "    reusedAgeSeconds: {age}");
+    }
+    if let Some(mode) = json.mode {
+        let shown = |at: &Option<Option<String>>| at.clone().flatten().unwrap_or("null".into());
+        let _ = writeln!(text, "    mode: {mode}");
+        let successes = json.consecutive_successes.unwrap_or(0);
+        let failures = json.consecutive_failures.unwrap_or(0);
+        let _ = writeln!(text, "    consecutiveSuccesses: {successes}");
+        let _ = writeln!(text, "    consecutiveFailures: {failures}");
+        let _ = writeln!(text, "    lastCheckedAt: {}", shown(&json.last_checked_at));
+        let _ = writeln!(
+            text,
+            "    lastTransitionAt: {}",
+            shown(&json.last_transition_at)
+        );
+    }
     let verdict = if report.passed() { "passed" } else { "failed" };
     let _ = writeln!(text, "{} check {verdict}", report.probe);
     text
@@ -91,7 +108,7 @@ pub fn json(report: &ProbeReport, exposure: Exposure) -> String {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ProbeUnavailable {
-    Report(JsonReport),
+    Report(Box<JsonReport>),
     Waiting(super::error::ErrorBody),
 }
 
@@ -136,6 +153,30 @@ pub struct JsonReport {
     /// With `stderr`: the excerpt or the agent cut the stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_truncated: Option<bool>,
+    /// `minIntervalSeconds` only: this result was reused; its age in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, example = 0.8)]
+    pub reused_age_seconds: Option<f64>,
+    /// Background mode only: `background`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = "^background$")]
+    pub mode: Option<&'static str>,
+    /// Background mode only: successes in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub consecutive_successes: Option<u32>,
+    /// Background mode only: failures in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub consecutive_failures: Option<u32>,
+    /// Background mode only: when the latest check started; null before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_checked_at: Option<Option<String>>,
+    /// Background mode only: when the state last flipped; null while it is the initial one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_transition_at: Option<Option<String>>,
 }
 
 impl JsonReport {
@@ -154,15 +195,33 @@ impl JsonReport {
             result: report.result,
             reason: report.reason.clone(),
             duration_seconds: (report.duration.as_secs_f64() * 1e6).round() / 1e6,
-            checked_at: humantime::format_rfc3339_millis(report.checked_at).to_string(),
+            checked_at: rfc3339(report.checked_at),
             exit_code: exec.as_ref().map(|e| e.exit_code),
             signal: exec.as_ref().map(|e| e.signal),
             stdout: output.map(|e| text(&e.stdout.bytes)),
             stderr: output.map(|e| text(&e.stderr.bytes)),
             stdout_truncated: output.map(|e| e.stdout.truncated),
             stderr_truncated: output.map(|e| e.stderr.truncated),
+            reused_age_seconds: report
+                .reused_age
+                .map(|age| (age.as_secs_f64() * 1e3).round() / 1e3),
+            mode: report.background.as_ref().map(|_| "background"),
+            consecutive_successes: report.background.as_ref().map(|b| b.consecutive_successes),
+            consecutive_failures: report.background.as_ref().map(|b| b.consecutive_failures),
+            last_checked_at: report
+                .background
+                .as_ref()
+                .map(|b| b.last_checked_at.map(rfc3339)),
+            last_transition_at: report
+                .background
+                .as_ref()
+                .map(|b| b.last_transition_at.map(rfc3339)),
         }
     }
+}
+
+fn rfc3339(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]
@@ -194,6 +253,8 @@ mod tests {
                     truncated: true,
                 },
             }),
+            background: None,
+            reused_age: None,
         }
     }
 

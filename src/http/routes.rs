@@ -106,7 +106,10 @@ async fn probe(
         .probes
         .get(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
-    let report = run_bounded(checker).await;
+    let report = match checks.background_report(kind) {
+        Some(report) => report,
+        None => run_bounded(checker).await,
+    };
     let exposure = Exposure {
         output: checks.settings.expose_output,
     };
@@ -133,6 +136,8 @@ async fn run_bounded(checker: &Arc<Checker>) -> Arc<ProbeReport> {
                 duration: started.elapsed(),
                 checked_at,
                 exec: None,
+                background: None,
+                reused_age: None,
             })
         }
     }

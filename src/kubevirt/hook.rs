@@ -48,6 +48,9 @@ pub struct HookSetup {
     pub add_channel: bool,
     /// Whether the checks come from the VMI (no `--config`).
     pub checks_from_vmi: bool,
+    /// Whether the agent is `vsock://vmi:PORT`: the VMI's `status.vsockCID` is then
+    /// required at `OnDefineDomain`.
+    pub vsock_of_vmi: bool,
 }
 
 impl HookSetup {
@@ -115,6 +118,8 @@ pub enum HookEvent {
     /// `applied` is answered once they are in force, or with why they cannot be.
     Defined {
         checks: Option<Box<GatewayFile>>,
+        /// The VMI's `status.vsockCID`, when the agent is `vsock://vmi:PORT`.
+        vsock_cid: Option<u32>,
         applied: oneshot::Sender<Result<(), String>>,
     },
     /// QEMU has exited: finish and exit 0.
@@ -267,6 +272,17 @@ impl Callbacks {
         } else {
             None
         };
+        let vsock_cid = if self.setup.vsock_of_vmi {
+            match config::vsock_cid_of_vmi(vmi) {
+                Ok(cid) => Some(cid),
+                Err(problem) => {
+                    problems.push(format!("VMI {problem}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let xml = if self.setup.add_channel {
             match domain::add_agent_channel(domain_xml, &self.setup.channel_path_for_qemu()) {
                 Ok(edited) => {
@@ -297,7 +313,11 @@ impl Callbacks {
         };
         let (applied, done) = oneshot::channel();
         self.events
-            .send(HookEvent::Defined { checks, applied })
+            .send(HookEvent::Defined {
+                checks,
+                vsock_cid,
+                applied,
+            })
             .map_err(|_| Status::unavailable("the gateway is shutting down"))?;
         match done.await {
             Ok(Ok(())) => Ok(xml),

@@ -32,6 +32,10 @@ pub struct Checker {
     grace: Option<LivenessGrace>,
     metrics: Arc<Metrics>,
     flight: Mutex<Option<Flight>>,
+    /// `minIntervalSeconds`: a result younger than this is reused by [`Checker::check`].
+    min_interval: Duration,
+    /// The latest result of [`Checker::check`] and when it arrived.
+    latest: Mutex<Option<(Instant, Arc<ProbeReport>)>>,
     /// Pass/fail and reason of the previous check, to log changes once, not every check.
     last: Mutex<Option<(bool, String)>>,
 }
@@ -62,6 +66,7 @@ impl Checker {
         spec: ProbeSpec,
         agent: GuestAgent,
         grace: Option<LivenessGrace>,
+        min_interval: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Checker> {
         Arc::new(Checker {
@@ -71,6 +76,8 @@ impl Checker {
             grace,
             metrics,
             flight: Mutex::new(None),
+            min_interval,
+            latest: Mutex::new(None),
             last: Mutex::new(None),
         })
     }
@@ -90,7 +97,13 @@ impl Checker {
     /// Runs the check, or joins the one in flight. The check runs in its own task: a
     /// caller that goes away (a client hanging up) neither cancels it for the others nor
     /// leaves a guest process untracked.
+    ///
+    /// With `minIntervalSeconds`, a result younger than that is answered again (marked
+    /// with its age) instead of starting a process in the guest per request.
     pub async fn check(self: &Arc<Self>) -> Arc<ProbeReport> {
+        if let Some(reused) = self.recent() {
+            return reused;
+        }
         let mut flight = self.join_or_start();
         let started = Instant::now();
         match flight.wait_for(Option::is_some).await {
@@ -100,6 +113,21 @@ impl Checker {
             },
             Err(_) => Arc::new(self.internal_error(started)),
         }
+    }
+
+    fn recent(&self) -> Option<Arc<ProbeReport>> {
+        if self.min_interval.is_zero() {
+            return None;
+        }
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, report) = latest.as_ref()?;
+        let age = at.elapsed();
+        (age < self.min_interval).then(|| {
+            Arc::new(ProbeReport {
+                reused_age: Some(age),
+                ..ProbeReport::clone(report)
+            })
+        })
     }
 
     fn join_or_start(self: &Arc<Self>) -> Flight {
@@ -117,6 +145,10 @@ impl Checker {
                 flight: publish.subscribe(),
             };
             let report = Arc::new(this.run().await);
+            if !this.min_interval.is_zero() {
+                *this.latest.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), Arc::clone(&report)));
+            }
             // Later callers start a new check; those waiting get this one.
             *this.flight.lock().unwrap_or_else(PoisonError::into_inner) = None;
             let _ = publish.send(Some(report));
@@ -144,6 +176,8 @@ impl Checker {
             duration: started.elapsed(),
             checked_at,
             exec: outcome.exec,
+            background: None,
+            reused_age: None,
         };
         self.log_change(&report);
         self.metrics.record_check(
@@ -226,6 +260,8 @@ impl Checker {
             duration: started.elapsed(),
             checked_at: SystemTime::now(),
             exec: None,
+            background: None,
+            reused_age: None,
         }
     }
 }

@@ -7,9 +7,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::time::Instant;
 
-use super::{Checker, LivenessGrace, Probes};
+use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport, Probes};
 use crate::agent::GuestAgent;
-use crate::config::{ProbeKind, Settings};
+use crate::config::{Mode, ProbeKind, Settings};
 use crate::metrics::Metrics;
 
 /// The probes of one configuration and the agent connection they share.
@@ -17,6 +17,8 @@ pub struct CheckSet {
     pub settings: Settings,
     pub probes: Probes,
     pub agent: GuestAgent,
+    /// Background mode: the loops, one per probe (stopped when the set is dropped).
+    background: Vec<BackgroundProbe>,
 }
 
 impl CheckSet {
@@ -45,6 +47,7 @@ impl CheckSet {
                     spec.clone(),
                     agent.clone(),
                     grace,
+                    settings.min_interval,
                     Arc::clone(metrics),
                 )
             })
@@ -53,11 +56,32 @@ impl CheckSet {
             readiness: checker(ProbeKind::Readiness),
             liveness: checker(ProbeKind::Liveness),
         };
+        let background = match settings.mode {
+            Mode::OnDemand => Vec::new(),
+            Mode::Background => ProbeKind::ALL
+                .into_iter()
+                .filter_map(|kind| {
+                    let checker = probes.get(kind)?;
+                    let spec = settings.probe(kind)?.clone();
+                    Some(BackgroundProbe::start(Arc::clone(checker), spec))
+                })
+                .collect(),
+        };
         CheckSet {
             settings,
             probes,
             agent,
+            background,
         }
+    }
+
+    /// The answer for `kind`: in background mode the loop's current state, at once;
+    /// otherwise `None` (the caller runs the check).
+    pub fn background_report(&self, kind: ProbeKind) -> Option<Arc<ProbeReport>> {
+        self.background
+            .iter()
+            .find(|probe| probe.kind() == kind)
+            .map(BackgroundProbe::report)
     }
 }
 

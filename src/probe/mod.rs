@@ -2,6 +2,7 @@
 //! [`Checker`] per configured probe (single flight, liveness grace), and the
 //! [`ProbeReport`] every output is made from. Nothing here speaks HTTP.
 
+mod background;
 mod checker;
 mod checks;
 mod in_force;
@@ -9,9 +10,10 @@ mod report;
 
 use std::sync::Arc;
 
+pub use background::{BackgroundProbe, STALE_MARGIN, ThresholdState};
 pub use checker::{Checker, LivenessGrace};
 pub use in_force::{CheckSet, ChecksInForce};
-pub use report::{CheckResult, ExecDetails, ProbeReport};
+pub use report::{BackgroundView, CheckResult, ExecDetails, ProbeReport};
 
 use crate::config::ProbeKind;
 

@@ -49,12 +49,33 @@ pub struct ProbeReport {
     pub checked_at: SystemTime,
     /// Present for exec checks.
     pub exec: Option<ExecDetails>,
+    /// Background mode: the state the thresholds give, which decides the answer.
+    pub background: Option<BackgroundView>,
+    /// On-demand mode with `minIntervalSeconds`: this result was reused, at this age.
+    pub reused_age: Option<Duration>,
+}
+
+/// A background probe's state, as reports show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackgroundView {
+    /// The verdict: the thresholds' state, and not stale.
+    pub passing: bool,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    /// When the latest check started; none before the first.
+    pub last_checked_at: Option<SystemTime>,
+    /// When the state last flipped; none while it is the initial one.
+    pub last_transition_at: Option<SystemTime>,
 }
 
 impl ProbeReport {
-    /// True when kubelet should count the probe as passed.
+    /// True when kubelet should count the probe as passed: the check's result, or in
+    /// background mode the thresholds' state.
     pub fn passed(&self) -> bool {
-        self.result == CheckResult::Success
+        match &self.background {
+            Some(view) => view.passing,
+            None => self.result == CheckResult::Success,
+        }
     }
 
     /// The one-line reason shown in a 503 body.

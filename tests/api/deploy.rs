@@ -51,11 +51,19 @@ fn hook_sidecar_manifests_follow_the_deployment_rules() {
         hooked += 1;
         let name = manifest.display();
         let sidecars: Value = serde_json::from_str(sidecars).expect("hookSidecars is JSON");
-        assert_eq!(
-            sidecars[0]["args"],
-            serde_json::json!(["serve", "--kubevirt-hook"]),
-            "{name}"
-        );
+        let args: Vec<&str> = sidecars[0]["args"]
+            .as_array()
+            .expect("sidecar args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args[..2], ["serve", "--kubevirt-hook"], "{name}");
+        if args.contains(&"vsock://vmi:1234") {
+            assert_eq!(
+                template["spec"]["domain"]["devices"]["autoattachVSOCK"], true,
+                "{name}: a vsock agent needs the VM's vsock device"
+            );
+        }
         let checks: Value = serde_saphyr::from_str(
             annotations["probe-gateway.kubevirt.io/probes"]
                 .as_str()
@@ -89,4 +97,25 @@ fn hook_sidecar_manifests_follow_the_deployment_rules() {
         }
     }
     assert!(hooked >= 1, "deploy/ has a hook-sidecar manifest");
+}
+
+/// The image is not built here (no Docker engine): its build step must be the command
+/// CI runs, so that what CI builds and tests is what the image holds.
+#[test]
+fn the_dockerfile_builds_with_the_command_ci_runs() {
+    const BUILD: &str = "cargo build --release --locked";
+    let dockerfile = std::fs::read_to_string(repo().join("docker/Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("RUN {BUILD}"))),
+        "docker/Dockerfile must RUN {BUILD}"
+    );
+    let test_sh = std::fs::read_to_string(repo().join("scripts/test.sh")).expect("test.sh");
+    assert!(
+        test_sh.lines().any(|l| l.trim() == BUILD),
+        "scripts/test.sh must run {BUILD}"
+    );
+    assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/virt-probe-gateway\"]"));
+    assert!(dockerfile.contains("CMD [\"serve\"]"));
 }

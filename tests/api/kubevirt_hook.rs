@@ -496,3 +496,52 @@ async fn a_definition_with_other_checks_replaces_them_on_the_same_connection() {
         "{logs:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_vsock_agent_takes_its_cid_from_the_vmi_and_adds_no_channel() {
+    let hooked = Hooked::start(&["--agent", "vsock://vmi:1234"]);
+    let answer = define(&hooked.socket(), &domain_fixture(), &vmi_fixture());
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["domainXML"].as_str(), Some(fixture_text().as_str()));
+    // The fixture's status.vsockCID is 3; this machine has no vsock peer, so the reason
+    // names the address the gateway now dials.
+    let reply = hooked.gateway.get("/ready").await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains("vsock://3:1234"), "{}", reply.body);
+
+    let mut vmi: Value = serde_json::from_slice(&std::fs::read(vmi_fixture()).unwrap()).unwrap();
+    vmi["status"].as_object_mut().unwrap().remove("vsockCID");
+    let without = hooked.dir.path().join("no-cid.json");
+    std::fs::write(&without, serde_json::to_vec(&vmi).unwrap()).unwrap();
+    let other = Hooked::start(&["--agent", "vsock://vmi:1234"]);
+    let answer = define(&other.socket(), &domain_fixture(), &without);
+    assert_eq!(answer["code"], "INVALID_ARGUMENT", "{answer}");
+    assert!(
+        answer["details"]
+            .as_str()
+            .unwrap()
+            .contains("VMI status.vsockCID: not set"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn vsock_of_the_vmi_outside_hook_mode_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, "livenessProbe:\n  guestAgentPing: {}\n").expect("write");
+    let (code, _, stderr) = run_cli(
+        &[
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--agent",
+            "vsock://vmi:1234",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("needs --kubevirt-hook"), "{stderr}");
+}

@@ -12,5 +12,7 @@ mod faults;
 mod http_api;
 mod kubevirt_hook;
 mod lifecycle;
+mod modes;
 mod real_agent;
+mod reload;
 mod transports;

@@ -96,6 +96,39 @@ impl Vm {
         self.dir.path().join("control.sock")
     }
 
+    fn monitor_socket(&self) -> PathBuf {
+        self.dir.path().join("monitor.sock")
+    }
+
+    /// Runs one human-monitor command (`stop`, `cont`, ...) and returns its output, as an
+    /// operator (or libvirt, for a migration's pause) would drive QEMU.
+    pub async fn monitor(&self, command: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::UnixStream::connect(self.monitor_socket())
+            .await
+            .expect("connect to the QEMU monitor");
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 1024];
+        // The banner ends with the first prompt; the command's output with the next.
+        for prompts in [1, 2] {
+            if prompts == 2 {
+                stream
+                    .write_all(format!("{command}\n").as_bytes())
+                    .await
+                    .expect("monitor write");
+            }
+            while String::from_utf8_lossy(&seen).matches("(qemu) ").count() < prompts {
+                let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                    .await
+                    .expect("the monitor answers")
+                    .expect("monitor read");
+                assert!(n > 0, "the monitor closed");
+                seen.extend_from_slice(&buffer[..n]);
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -143,6 +176,11 @@ impl Vm {
                         ]
                     }),
             )
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.monitor_socket().display()
+            ))
             .arg("-pidfile")
             .arg(self.path("qemu.pid"))
             .arg("-daemonize")

@@ -411,3 +411,72 @@ async fn kubevirt_hook_mode_probes_through_the_private_channel_while_the_primary
     assert_eq!(gateway.get("/ready").await.status, 503);
     primary.close().await;
 }
+
+/// What the gateway sees while QEMU pauses the guest (a healthy pause, a migration's
+/// switch-over, post-copy): the virtio-serial channel stays connected and takes writes,
+/// and nothing answers, exactly like a hung agent. Measured here: how soon liveness fails
+/// after `stop`, and how soon it passes again after `cont` (late replies are not taken
+/// for answers). The figures set the kubelet settings deploy/README.md recommends.
+#[tokio::test]
+async fn a_paused_guest_fails_liveness_after_its_timeout_and_recovers_at_once_on_resume() {
+    if !qemu_or_skip("pause") {
+        return;
+    }
+    let vm = Vm::boot();
+    let _control = vm.control().await;
+    let gateway = Gateway::start(
+        "livenessGraceSeconds: 0\nlivenessProbe:\n  guestAgentPing: {}\n  timeoutSeconds: 1\n",
+        &vm.agent_socket(),
+    );
+    eventually("liveness to pass", Duration::from_secs(30), || async {
+        gateway.get("/live").await.status == 200
+    })
+    .await;
+
+    let output = vm.monitor("stop").await;
+    let paused = Instant::now();
+    assert!(
+        vm.monitor("info status").await.contains("paused"),
+        "{output}"
+    );
+    let (status, report) = gateway.report("/live").await;
+    let first_failure = paused.elapsed();
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["result"], "timeout", "{report}");
+    // Every probe while paused fails the same way, within its timeout.
+    let mut during = Vec::new();
+    while paused.elapsed() < Duration::from_secs(5) {
+        let started = Instant::now();
+        let status = gateway.get("/live").await.status;
+        during.push((status, started.elapsed()));
+    }
+    assert!(
+        during.iter().all(|(status, _)| *status == 503),
+        "{during:?}"
+    );
+    let slowest = during
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "answers within timeout + 0.5 s: {slowest:?}"
+    );
+
+    vm.monitor("cont").await;
+    let resumed = Instant::now();
+    eventually("liveness after resume", Duration::from_secs(15), || async {
+        let (status, report) = gateway.report("/live").await;
+        status == 200 && report["reason"] == serde_json::Value::Null
+    })
+    .await;
+    let recovery = resumed.elapsed();
+    eprintln!(
+        "pause: first 503 {:.0} ms after stop; {} probes during 5 s paused, all 503, slowest {:.0} ms; first 200 {:.0} ms after cont",
+        first_failure.as_secs_f64() * 1000.0,
+        during.len(),
+        slowest.as_secs_f64() * 1000.0,
+        recovery.as_secs_f64() * 1000.0
+    );
+}

@@ -53,6 +53,28 @@ impl Gateway {
         Gateway::launch(dir, &all, &[])
     }
 
+    /// Starts the gateway with the config file at `path` (left where it is, to be changed).
+    pub fn start_file(path: &Path, args: &[&str]) -> Gateway {
+        Gateway::start_file_with(path, args, true)
+    }
+
+    /// [`Gateway::start_file`] without `--listen`: the file's `listen` is in force.
+    pub fn start_file_listening_as_configured(path: &Path, args: &[&str]) -> Gateway {
+        Gateway::start_file_with(path, args, false)
+    }
+
+    fn start_file_with(path: &Path, args: &[&str], listen_flag: bool) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = path.display().to_string();
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(args);
+        if listen_flag {
+            Gateway::launch(dir, &all, &[])
+        } else {
+            Gateway::spawn(dir, &all, &[])
+        }
+    }
+
     /// Starts the gateway as a KubeVirt hook sidecar (no config file: the checks come from
     /// the VMI) with `hooks_dir`, as the container `hook-sidecar-0`, and extra arguments.
     pub fn start_hook(hooks_dir: &Path, args: &[&str]) -> Gateway {
@@ -63,11 +85,18 @@ impl Gateway {
         Gateway::launch(dir, &all, &[("CONTAINER_NAME", "hook-sidecar-0")])
     }
 
-    /// Runs `serve` with `args` (and `env`) and waits until it listens.
+    /// Runs `serve` on 127.0.0.1:0 with `args` (and `env`) and waits until it listens.
     fn launch(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Gateway::spawn(dir, &all, env)
+    }
+
+    /// Runs `serve` with `args` (and `env`) and waits until it listens.
+    fn spawn(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut child = Command::new(BINARY)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--log-format", "json"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("CONTAINER_NAME")
@@ -161,6 +190,14 @@ impl Gateway {
     pub async fn report(&self, path: &str) -> (u16, Value) {
         let reply = self.request("GET", path, Some("application/json")).await;
         (reply.status, reply.json())
+    }
+
+    /// The value of the metric series `series` (name and labels as exposed), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("metric value"))
     }
 
     /// Log events so far.

@@ -1,0 +1,456 @@
+//! Background mode (`mode: background`): the gateway runs each check on its own schedule,
+//! as kubelet would (every `periodSeconds` after `initialDelaySeconds`), applies
+//! `successThreshold` and `failureThreshold` the way kubelet does, and `/ready` and
+//! `/live` answer at once from the current state.
+//!
+//! A loop that stops producing results (wedged, or its task gone) must never keep
+//! reporting its last success: a state whose due result is overdue by more than the
+//! check's timeout plus [`STALE_MARGIN`] reads as a failure with reason `stale`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+
+use super::Checker;
+use super::report::{BackgroundView, CheckResult, ProbeReport};
+use crate::config::{ProbeKind, ProbeSpec};
+
+/// How late a due result may be, beyond the check's own timeout, before it is stale. The
+/// check itself is bounded by its timeout; this covers scheduling on a busy node.
+pub const STALE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Kubelet's result arithmetic for one probe. Kubelet starts readiness as failing and
+/// liveness as passing; a result flips the state only after `threshold` equal results in
+/// a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThresholdState {
+    pub passing: bool,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    pub last_transition_at: Option<SystemTime>,
+}
+
+impl ThresholdState {
+    pub fn initial(kind: ProbeKind) -> ThresholdState {
+        ThresholdState {
+            passing: kind == ProbeKind::Liveness,
+            consecutive_successes: 0,
+            consecutive_failures: 0,
+            last_transition_at: None,
+        }
+    }
+
+    /// Counts one result; returns true when the state flipped.
+    pub fn record(
+        &mut self,
+        passed: bool,
+        at: SystemTime,
+        success_threshold: u32,
+        failure_threshold: u32,
+    ) -> bool {
+        if passed {
+            self.consecutive_successes = self.consecutive_successes.saturating_add(1);
+            self.consecutive_failures = 0;
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            self.consecutive_successes = 0;
+        }
+        let flip = if self.passing {
+            !passed && self.consecutive_failures >= failure_threshold
+        } else {
+            passed && self.consecutive_successes >= success_threshold
+        };
+        if flip {
+            self.passing = !self.passing;
+            self.last_transition_at = Some(at);
+        }
+        flip
+    }
+}
+
+/// What the loop and the readers share.
+struct Shared {
+    state: ThresholdState,
+    last: Option<Arc<ProbeReport>>,
+    /// When the result the loop works towards was due: the start of the check in flight,
+    /// or of the next one. Moves only when a result arrives.
+    due: Instant,
+}
+
+/// One probe run by the gateway's own loop. Dropping it stops the loop.
+pub struct BackgroundProbe {
+    kind: ProbeKind,
+    handler: &'static str,
+    spec: ProbeSpec,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for BackgroundProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BackgroundProbe {
+    /// Starts the loop of `checker`'s probe. Must run on a tokio runtime.
+    pub fn start(checker: Arc<Checker>, spec: ProbeSpec) -> BackgroundProbe {
+        let kind = checker.kind();
+        let first = Instant::now() + Duration::from_secs(u64::from(spec.initial_delay_seconds));
+        let shared = Arc::new(Mutex::new(Shared {
+            state: ThresholdState::initial(kind),
+            last: None,
+            due: first,
+        }));
+        let task = tokio::spawn(run_loop(checker.clone(), spec.clone(), Arc::clone(&shared)));
+        BackgroundProbe {
+            kind,
+            handler: checker.handler(),
+            spec,
+            shared,
+            task,
+        }
+    }
+
+    pub fn kind(&self) -> ProbeKind {
+        self.kind
+    }
+
+    /// The probe's current state as a report: the latest check's details, the verdict of
+    /// the thresholds, and why the two differ when they do.
+    pub fn report(&self) -> Arc<ProbeReport> {
+        let now = Instant::now();
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let overdue = now.saturating_duration_since(shared.due);
+        let stale = overdue > self.spec.timeout + STALE_MARGIN;
+        let mut report = match &shared.last {
+            Some(last) => ProbeReport::clone(last),
+            None => self.no_result_yet(shared.state.passing),
+        };
+        let last_passed = shared
+            .last
+            .as_ref()
+            .map(|last| last.result == CheckResult::Success);
+        let state = &shared.state;
+        report.reason = if stale {
+            report.result = CheckResult::Failure;
+            Some(format!(
+                "stale: the check due {:.1}s ago has not reported (timeoutSeconds {}); the \
+                 gateway's check loop is stuck",
+                overdue.as_secs_f64(),
+                self.spec.timeout.as_secs()
+            ))
+        } else {
+            match (last_passed, state.passing) {
+                (None, _) => Some(format!(
+                    "no result yet: the first check is due in {:.1}s (initialDelaySeconds {})",
+                    shared.due.saturating_duration_since(now).as_secs_f64(),
+                    self.spec.initial_delay_seconds
+                )),
+                (Some(false), true) => Some(format!(
+                    "{} (failure {} of failureThreshold {}: still passing)",
+                    report.reason_line(),
+                    state.consecutive_failures,
+                    self.spec.failure_threshold
+                )),
+                (Some(true), false) => Some(format!(
+                    "passed {} of successThreshold {} times in a row: still failing",
+                    state.consecutive_successes, self.spec.success_threshold
+                )),
+                _ => report.reason.take(),
+            }
+        };
+        report.background = Some(BackgroundView {
+            passing: state.passing && !stale,
+            consecutive_successes: state.consecutive_successes,
+            consecutive_failures: state.consecutive_failures,
+            last_checked_at: shared.last.as_ref().map(|last| last.checked_at),
+            last_transition_at: state.last_transition_at,
+        });
+        Arc::new(report)
+    }
+
+    /// The report before the first result: kubelet's initial state.
+    fn no_result_yet(&self, passing: bool) -> ProbeReport {
+        ProbeReport {
+            probe: self.kind,
+            handler: self.handler,
+            result: if passing {
+                CheckResult::Success
+            } else {
+                CheckResult::Failure
+            },
+            reason: None,
+            duration: Duration::ZERO,
+            checked_at: SystemTime::now(),
+            exec: None,
+            background: None,
+            reused_age: None,
+        }
+    }
+}
+
+/// Runs the check every `periodSeconds` (measured from the start of the previous one; a
+/// check that overruns the period is followed at once), after `initialDelaySeconds`.
+async fn run_loop(checker: Arc<Checker>, spec: ProbeSpec, shared: Arc<Mutex<Shared>>) {
+    let period = Duration::from_secs(u64::from(spec.period_seconds));
+    let mut due = shared.lock().unwrap_or_else(PoisonError::into_inner).due;
+    loop {
+        sleep_until(due).await;
+        let started = Instant::now();
+        // In its own task (single flight): stopping this loop (a reload replaced the
+        // checks) never cancels a check midway and loses track of its guest process.
+        let report = checker.check().await;
+        due = (started + period).max(Instant::now());
+        let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let flipped = shared.state.record(
+            report.result == CheckResult::Success,
+            report.checked_at,
+            spec.success_threshold,
+            spec.failure_threshold,
+        );
+        if flipped {
+            tracing::info!(
+                probe = %checker.kind(),
+                passing = shared.state.passing,
+                reason = report.reason.as_deref(),
+                "{}",
+                if shared.state.passing {
+                    "background probe state: passing"
+                } else {
+                    "background probe state: failing"
+                }
+            );
+        }
+        shared.last = Some(report);
+        shared.due = due;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn run(kind: ProbeKind, results: &[bool], success: u32, failure: u32) -> Vec<bool> {
+        let mut state = ThresholdState::initial(kind);
+        results
+            .iter()
+            .map(|&passed| {
+                state.record(passed, T0, success, failure);
+                state.passing
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readiness_starts_failing_and_liveness_passing() {
+        assert!(!ThresholdState::initial(ProbeKind::Readiness).passing);
+        assert!(ThresholdState::initial(ProbeKind::Liveness).passing);
+    }
+
+    #[test]
+    fn failures_flip_only_at_the_failure_threshold_and_a_success_resets_the_count() {
+        let t = true;
+        let f = false;
+        assert_eq!(
+            run(ProbeKind::Liveness, &[f, f, t, f, f, f, t], 1, 3),
+            [t, t, t, t, t, f, t]
+        );
+    }
+
+    #[test]
+    fn successes_flip_only_at_the_success_threshold() {
+        let t = true;
+        let f = false;
+        assert_eq!(
+            run(ProbeKind::Readiness, &[t, f, t, t, f, f], 2, 2),
+            [f, f, f, t, t, f]
+        );
+    }
+
+    mod with_paused_time {
+        use std::collections::VecDeque;
+
+        use serde_json::{Value, json};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+        use super::*;
+        use crate::agent::GuestAgent;
+        use crate::agent::transport::{BoxStream, Connect, ConnectFuture};
+        use crate::config::Handler;
+        use crate::metrics::Metrics;
+
+        /// An in-process agent: answers resyncs, and each `guest-ping` with the next
+        /// scripted result (an error reply for `false`).
+        struct Scripted(Arc<Mutex<VecDeque<bool>>>);
+
+        impl Connect for Scripted {
+            fn connect(&self) -> ConnectFuture {
+                let script = Arc::clone(&self.0);
+                Box::pin(async move {
+                    let (client, server) = tokio::io::duplex(4096);
+                    tokio::spawn(serve(server, script));
+                    Ok(Box::new(client) as BoxStream)
+                })
+            }
+
+            fn describe(&self) -> String {
+                "scripted".into()
+            }
+        }
+
+        async fn serve(stream: tokio::io::DuplexStream, script: Arc<Mutex<VecDeque<bool>>>) {
+            let (read, mut write) = tokio::io::split(stream);
+            let mut lines = BufReader::new(read).split(b'\n');
+            while let Ok(Some(line)) = lines.next_segment().await {
+                let text: Vec<u8> = line.into_iter().filter(|&b| b != 0xFF).collect();
+                let Ok(request) = serde_json::from_slice::<Value>(&text) else {
+                    continue;
+                };
+                let reply = match request["execute"].as_str() {
+                    Some("guest-sync-delimited") => {
+                        let mut bytes = vec![0xFF];
+                        bytes.extend(
+                            json!({"return": request["arguments"]["id"]})
+                                .to_string()
+                                .bytes(),
+                        );
+                        bytes
+                    }
+                    _ => {
+                        let pass = script.lock().unwrap().pop_front().unwrap_or(true);
+                        let reply = if pass {
+                            json!({"return": {}, "id": request["id"]})
+                        } else {
+                            json!({"error": {"class": "GenericError", "desc": "scripted"}, "id": request["id"]})
+                        };
+                        reply.to_string().into_bytes()
+                    }
+                };
+                let _ = write.write_all(&reply).await;
+                let _ = write.write_all(b"\n").await;
+            }
+        }
+
+        fn spec(initial_delay: u32, success: u32, failure: u32) -> ProbeSpec {
+            ProbeSpec {
+                handler: Handler::GuestAgentPing,
+                timeout: Duration::from_secs(1),
+                initial_delay_seconds: initial_delay,
+                period_seconds: 10,
+                success_threshold: success,
+                failure_threshold: failure,
+            }
+        }
+
+        fn probe(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> BackgroundProbe {
+            let metrics = Arc::new(Metrics::new());
+            let agent = GuestAgent::spawn(
+                Scripted(Arc::new(Mutex::new(script.iter().copied().collect()))),
+                1024,
+                Arc::clone(&metrics),
+            );
+            let checker = Checker::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics);
+            BackgroundProbe::start(checker, spec.clone())
+        }
+
+        /// The verdict at each period, sampled halfway between checks.
+        async fn verdicts(probe: &BackgroundProbe, initial_delay: u64, count: usize) -> Vec<bool> {
+            tokio::time::sleep(Duration::from_secs(initial_delay) + Duration::from_secs(5)).await;
+            let mut seen = Vec::new();
+            for _ in 0..count {
+                seen.push(probe.report().passed());
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            seen
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn readiness_waits_for_its_initial_delay_then_follows_the_thresholds() {
+            let spec = spec(30, 2, 2);
+            let probe = probe(
+                ProbeKind::Readiness,
+                &spec,
+                &[true, true, false, true, false, false, true],
+            );
+            tokio::time::sleep(Duration::from_secs(29)).await;
+            let before = probe.report();
+            assert!(!before.passed(), "readiness starts failing");
+            assert!(
+                before
+                    .reason
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("no result yet"),
+                "{before:?}"
+            );
+            let (t, f) = (true, false);
+            assert_eq!(verdicts(&probe, 1, 7).await, [f, t, t, t, t, f, f]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn liveness_starts_passing_and_fails_at_the_failure_threshold() {
+            let spec = spec(0, 1, 3);
+            let probe = probe(ProbeKind::Liveness, &spec, &[false, false, false, true]);
+            let (t, f) = (true, false);
+            assert_eq!(verdicts(&probe, 0, 4).await, [t, t, f, t]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_report_counts_results_and_says_a_failure_is_not_yet_counted_against_it() {
+            let spec = spec(0, 1, 3);
+            let probe = probe(ProbeKind::Liveness, &spec, &[true, false]);
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let report = probe.report();
+            assert!(report.passed());
+            let view = report.background.clone().unwrap();
+            assert_eq!(
+                (view.consecutive_successes, view.consecutive_failures),
+                (0, 1)
+            );
+            assert!(view.last_checked_at.is_some());
+            assert_eq!(view.last_transition_at, None, "never flipped");
+            assert!(
+                report
+                    .reason
+                    .as_deref()
+                    .unwrap()
+                    .ends_with("(failure 1 of failureThreshold 3: still passing)"),
+                "{report:?}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_loop_that_stops_reporting_goes_stale_and_fails() {
+            let spec = spec(0, 1, 3);
+            let probe = probe(ProbeKind::Liveness, &spec, &[true; 4]);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert!(probe.report().passed());
+            // Wedge the loop: the result due at 10 s never comes.
+            probe.task.abort();
+            tokio::time::sleep(Duration::from_secs(5) + spec.timeout + STALE_MARGIN / 2).await;
+            assert!(probe.report().passed(), "not overdue beyond the margin yet");
+            tokio::time::sleep(STALE_MARGIN).await;
+            let report = probe.report();
+            assert!(!report.passed());
+            assert!(
+                report.reason.as_deref().unwrap().starts_with("stale:"),
+                "{report:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transition_is_recorded_with_its_time() {
+        let mut state = ThresholdState::initial(ProbeKind::Readiness);
+        let at = T0 + Duration::from_secs(5);
+        assert!(state.record(true, at, 1, 3));
+        assert_eq!(state.last_transition_at, Some(at));
+        assert!(!state.record(true, T0, 1, 3));
+        assert_eq!(state.last_transition_at, Some(at));
+    }
+}

@@ -1,0 +1,214 @@
+//! Config reload: a ConfigMap-style update (atomic symlink swap of the directory's
+//! `..data`), SIGHUP, invalid configs rejected with the old one kept, no request dropped.
+
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::eventually;
+use crate::support::gateway::{Gateway, run_cli};
+use crate::support::qga::QemuGa;
+
+/// A directory laid out as kubelet lays out a ConfigMap volume: `gateway.yaml` ->
+/// `..data/gateway.yaml`, `..data` -> a timestamped directory, swapped atomically.
+struct ConfigMapVolume {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl ConfigMapVolume {
+    fn new(config: &str) -> ConfigMapVolume {
+        let mut volume = ConfigMapVolume {
+            dir: tempfile::tempdir().expect("temp dir"),
+            version: 0,
+        };
+        volume.update(config);
+        symlink("..data/gateway.yaml", volume.path()).expect("gateway.yaml link");
+        volume
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
+    }
+
+    /// Writes a new version and swaps `..data` to it with one rename.
+    fn update(&mut self, config: &str) {
+        self.version += 1;
+        let name = format!("..2026_11_25_{}", self.version);
+        let data = self.dir.path().join(&name);
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::write(data.join("gateway.yaml"), config).expect("write config");
+        let staged = self.dir.path().join("..data_tmp");
+        symlink(&name, &staged).expect("staged link");
+        std::fs::rename(&staged, self.dir.path().join("..data")).expect("swap ..data");
+    }
+}
+
+fn exec(command: &str) -> String {
+    format!("readinessProbe:\n  exec:\n    command: [{command}]\n  timeoutSeconds: 2\n")
+}
+
+fn agent_arg(agent: &QemuGa) -> String {
+    agent.socket().display().to_string()
+}
+
+async fn reloads(gateway: &Gateway, result: &str) -> f64 {
+    gateway
+        .metric(&format!(
+            "probe_gateway_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .await
+}
+
+#[tokio::test]
+async fn a_configmap_update_is_picked_up_without_a_restart() {
+    let agent = QemuGa::start();
+    let mut volume = ConfigMapVolume::new(&exec("\"false\""));
+    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    assert_eq!(gateway.get("/ready").await.status, 503);
+    let pid = gateway.pid();
+
+    volume.update(&exec("\"true\""));
+    eventually(
+        "the new config is in force",
+        Duration::from_secs(5),
+        || async { gateway.get("/ready").await.status == 200 },
+    )
+    .await;
+    assert_eq!(gateway.pid(), pid);
+    assert_eq!(reloads(&gateway, "applied").await, 1.0);
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|e| e["message"] == "config reloaded" && e["outcome"] == "applied"),
+        "{:#?}",
+        gateway.logs()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_rejected_with_validates_errors_and_the_old_one_stays() {
+    let agent = QemuGa::start();
+    let mut volume = ConfigMapVolume::new(&exec("\"true\""));
+    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    assert_eq!(gateway.get("/ready").await.status, 200);
+
+    let bad = "readinessProbe:\n  exec:\n    command: []\n  timeoutSeconds: 0\n";
+    volume.update(bad);
+    eventually(
+        "the rejection is counted",
+        Duration::from_secs(5),
+        || async { reloads(&gateway, "rejected").await == 1.0 },
+    )
+    .await;
+    assert_eq!(
+        gateway.get("/ready").await.status,
+        200,
+        "the old config stays"
+    );
+
+    // The log carries what validate prints for the same file.
+    let file = volume.dir.path().join("bad.yaml");
+    std::fs::write(&file, bad).expect("write");
+    let (_, _, stderr) = run_cli(&["validate", "--config", &file.display().to_string()], &[]);
+    let logged: Vec<String> = gateway
+        .logs()
+        .iter()
+        .filter(|e| e["message"] == "config reload rejected; the config in force stays")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let problems: Vec<&str> = stderr
+        .lines()
+        .map(|line| line.rsplit_once(".yaml: ").map_or(line, |(_, rest)| rest))
+        .collect();
+    assert_eq!(problems.len(), 2, "{stderr}");
+    for problem in problems {
+        assert!(
+            logged.iter().any(|line| line.ends_with(problem)),
+            "{problem:?} not in {logged:#?}"
+        );
+    }
+
+    volume.update(&exec("\"false\""));
+    eventually(
+        "a good config after a bad one",
+        Duration::from_secs(5),
+        || async { gateway.get("/ready").await.status == 503 },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_file() {
+    let agent = QemuGa::start();
+    let volume = ConfigMapVolume::new(&exec("\"true\""));
+    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    assert_eq!(gateway.get("/healthz").await.status, 200);
+    gateway.signal(Signal::SIGHUP);
+    eventually("the forced reload", Duration::from_secs(5), || async {
+        reloads(&gateway, "unchanged").await == 1.0
+    })
+    .await;
+    assert_eq!(gateway.get("/ready").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_listen_change_is_logged_as_needing_a_restart() {
+    let agent = QemuGa::start();
+    let mut volume =
+        ConfigMapVolume::new(&format!("listen: \"127.0.0.1:0\"\n{}", exec("\"true\"")));
+    let gateway = Gateway::start_file_listening_as_configured(
+        &volume.path(),
+        &["--agent", &agent_arg(&agent)],
+    );
+    volume.update(&format!("listen: \"127.0.0.1:1\"\n{}", exec("\"true\"")));
+    eventually("the listen warning", Duration::from_secs(5), || async {
+        gateway.logs().iter().any(|e| {
+            e["message"] == "listen changed in the config: it takes effect at the next restart"
+        })
+    })
+    .await;
+    assert_eq!(
+        gateway.get("/ready").await.status,
+        200,
+        "still serving where it was"
+    );
+}
+
+#[tokio::test]
+async fn requests_during_reloads_are_all_answered() {
+    let agent = QemuGa::start();
+    let mut volume = ConfigMapVolume::new(&exec("\"true\""));
+    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    let url = gateway.url("/ready");
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let mut statuses = Vec::new();
+        for _ in 0..300 {
+            let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+            statuses.push(status.map_err(|e| e.to_string()));
+        }
+        statuses
+    });
+    for i in 0..6 {
+        let command = if i % 2 == 0 { "\"false\"" } else { "\"true\"" };
+        volume.update(&exec(command));
+        let applied = f64::from(i + 1);
+        eventually("the reload", Duration::from_secs(5), || async {
+            reloads(&gateway, "applied").await >= applied
+        })
+        .await;
+    }
+    let statuses = load.await.expect("load task");
+    let failed: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(s, Ok(200 | 503)))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
