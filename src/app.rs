@@ -167,6 +167,8 @@ impl Application {
         let mut serving = tokio::spawn(server);
         let stop = stop_signal();
         tokio::pin!(stop);
+        // The VM's vsock CID once `OnDefineDomain` has brought it (`vsock://vmi:PORT`).
+        let mut vm_vsock_cid: Option<u32> = None;
         let reason = loop {
             tokio::select! {
                 result = &mut serving => {
@@ -184,11 +186,12 @@ impl Application {
                 },
                 Some(forced) = next_reload(&mut reloads) => {
                     if let Some(reloads) = reloads.as_mut() {
-                        reloads.reload(forced, &checks, &metrics).await;
+                        reloads.reload(forced, vm_vsock_cid, &checks, &metrics).await;
                     }
                 }
                 Some(event) = next_event(&mut hook_events) => match event {
                     HookEvent::Defined { checks: file, vsock_cid, applied } => {
+                        vm_vsock_cid = vsock_cid.or(vm_vsock_cid);
                         let outcome = match &overrides {
                             Some(overrides) => {
                                 apply_definition(&checks, file.map(|f| *f), vsock_cid, overrides, &metrics).await
@@ -285,11 +288,22 @@ impl Reloads {
 
     /// Reads the file; a valid config replaces the one in force (requests in flight finish
     /// on the old one), an invalid one is logged with every error and the old one stays.
-    async fn reload(&mut self, forced: bool, checks: &ChecksInForce, metrics: &Arc<Metrics>) {
+    ///
+    /// `vsock_cid` is the VM's CID learnt at `OnDefineDomain`, for `vsock://vmi:PORT`.
+    async fn reload(
+        &mut self,
+        forced: bool,
+        vsock_cid: Option<u32>,
+        checks: &ChecksInForce,
+        metrics: &Arc<Metrics>,
+    ) {
         let path = self.source.path.display().to_string();
         match self.source.read() {
             Ok((text, _)) if text == self.text && !forced => {}
-            Ok((text, settings)) => {
+            Ok((text, mut settings)) => {
+                if let Some(cid) = vsock_cid {
+                    settings.agent = settings.agent.with_vmi_cid(cid);
+                }
                 if settings.listen != self.listen {
                     tracing::warn!(
                         configured = %settings.listen,
