@@ -59,6 +59,9 @@ pub struct Application {
     hook: Option<Hook>,
     /// The config file, reloaded on SIGHUP and when it changes.
     reloads: Option<Reloads>,
+    /// Without a config file, SIGHUP is still caught (its default action would end the
+    /// process) and only logged.
+    idle_hangup: Option<tokio::signal::unix::Signal>,
     shutdown_grace: Duration,
 }
 
@@ -82,6 +85,12 @@ impl Application {
         let shutdown_grace = settings.shutdown_grace;
         // Watch before serving: a change from now on is seen.
         let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.listen));
+        let idle_hangup = match reloads {
+            Some(_) => None,
+            None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|error| tracing::warn!(%error, "cannot catch SIGHUP"))
+                .ok(),
+        };
         let agent = settings.agent.to_string();
         let waits = hook_mode
             .as_ref()
@@ -135,6 +144,7 @@ impl Application {
             metrics,
             hook,
             reloads,
+            idle_hangup,
             shutdown_grace,
         })
     }
@@ -152,6 +162,7 @@ impl Application {
             metrics,
             hook,
             mut reloads,
+            mut idle_hangup,
             shutdown_grace,
             ..
         } = self;
@@ -184,6 +195,9 @@ impl Application {
                         return Err(error);
                     }
                 },
+                Some(()) = next_idle_hangup(&mut idle_hangup) => {
+                    tracing::info!("SIGHUP: there is no config file to reload");
+                }
                 Some(forced) = next_reload(&mut reloads) => {
                     if let Some(reloads) = reloads.as_mut() {
                         reloads.reload(forced, vm_vsock_cid, &checks, &metrics).await;
@@ -326,6 +340,14 @@ impl Reloads {
                 }
             }
         }
+    }
+}
+
+/// The next SIGHUP without a config file, or never.
+async fn next_idle_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(hangup) => hangup.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -545,3 +545,18 @@ fn vsock_of_the_vmi_outside_hook_mode_is_a_config_error() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("needs --kubevirt-hook"), "{stderr}");
 }
+
+#[tokio::test]
+async fn sighup_without_a_config_file_is_logged_and_the_gateway_keeps_serving() {
+    let hooked = Hooked::start(&[]);
+    hooked.gateway.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the SIGHUP log line", Duration::from_secs(5), || async {
+        hooked
+            .gateway
+            .logs()
+            .iter()
+            .any(|e| e["message"] == "SIGHUP: there is no config file to reload")
+    })
+    .await;
+    assert_eq!(hooked.gateway.get("/healthz").await.status, 200);
+}
