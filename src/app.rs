@@ -13,6 +13,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::agent::{AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
 use crate::config::{GatewayFile, Overrides, Settings};
 use crate::http::{self, AppState};
 use crate::kubevirt::{HookEvent, HookServer, HookSetup, hook::HookError};
@@ -84,7 +85,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let shutdown_grace = settings.shutdown_grace;
         // Watch before serving: a change from now on is seen.
-        let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.listen));
+        let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.clone()));
         let idle_hangup = match reloads {
             Some(_) => None,
             None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -171,15 +172,17 @@ impl Application {
                 server,
                 events,
                 overrides,
-            }) => (Some(server), Some(events), Some(overrides)),
-            None => (None, None, None),
+            }) => (Some(server), Some(events), overrides),
+            None => (None, None, Overrides::default()),
         };
         let handle = server.handle();
         let mut serving = tokio::spawn(server);
         let stop = stop_signal();
         tokio::pin!(stop);
-        // The VM's vsock CID once `OnDefineDomain` has brought it (`vsock://vmi:PORT`).
-        let mut vm_vsock_cid: Option<u32> = None;
+        let mut vm = match hook_server {
+            Some(_) => Vm::AwaitingDefinition,
+            None => Vm::Standalone,
+        };
         let reason = loop {
             tokio::select! {
                 result = &mut serving => {
@@ -195,23 +198,28 @@ impl Application {
                         return Err(error);
                     }
                 },
-                Some(()) = next_idle_hangup(&mut idle_hangup) => {
+                Some(()) = or_never(idle_hangup.as_mut().map(|hangup| hangup.recv())) => {
                     tracing::info!("SIGHUP: there is no config file to reload");
                 }
-                Some(forced) = next_reload(&mut reloads) => {
+                Some(forced) = or_never(reloads.as_mut().map(Reloads::next)) => {
                     if let Some(reloads) = reloads.as_mut() {
-                        reloads.reload(forced, vm_vsock_cid, &checks, &metrics).await;
+                        reloads.reload(forced, vm, &checks, &metrics).await;
                     }
                 }
-                Some(event) = next_event(&mut hook_events) => match event {
+                Some(event) = or_never(hook_events.as_mut().map(|events| events.recv())) => match event {
                     HookEvent::Defined { checks: file, vsock_cid, applied } => {
-                        vm_vsock_cid = vsock_cid.or(vm_vsock_cid);
-                        let outcome = match &overrides {
-                            Some(overrides) => {
-                                apply_definition(&checks, file.map(|f| *f), vsock_cid, overrides, &metrics).await
+                        let defined = Vm::Defined { vsock_cid };
+                        let configured = reloads.as_ref().map(|reloads| &reloads.configured);
+                        let outcome = apply_definition(
+                            &checks, file.map(|file| *file), configured, &overrides, defined, &metrics,
+                        )
+                        .await;
+                        if outcome.is_ok() {
+                            vm = defined;
+                            if let Some(reloads) = reloads.as_mut() {
+                                reloads.retry_if_rejected();
                             }
-                            None => Ok(()),
-                        };
+                        }
                         let _ = applied.send(outcome);
                     }
                     HookEvent::Shutdown => break "KubeVirt's Shutdown hook",
@@ -240,21 +248,61 @@ impl Application {
     }
 }
 
+/// What the gateway knows of its VM, to resolve `vsock://vmi:PORT`.
+#[derive(Debug, Clone, Copy)]
+enum Vm {
+    /// Not a hook sidecar: nothing tells the gateway which VM it serves.
+    Standalone,
+    /// A hook sidecar before `OnDefineDomain`.
+    AwaitingDefinition,
+    /// Defined; the VMI's `status.vsockCID` when it has one.
+    Defined { vsock_cid: Option<u32> },
+}
+
+/// The settings to put in force for this VM, from the settings as configured (a config
+/// file, or the VMI's checks): `vsock://vmi:PORT` becomes the VM's own vsock address. Both
+/// a definition and a reload go through here, always from the configured form, so a
+/// redefinition with another CID moves the checks to it.
+fn settings_for_vm(mut settings: Settings, vm: Vm) -> Result<Settings, String> {
+    let AgentAddress::VsockOfVmi { .. } = settings.agent else {
+        return Ok(settings);
+    };
+    match vm {
+        // Resolved at the definition; until then the checks report the agent unreachable.
+        Vm::AwaitingDefinition => {}
+        Vm::Defined {
+            vsock_cid: Some(cid),
+        } => settings.agent = settings.agent.with_vmi_cid(cid),
+        Vm::Defined { vsock_cid: None } => {
+            return Err(format!(
+                "agent: {}: the VMI has no status.vsockCID (the VM needs \
+                 spec.domain.devices.autoattachVSOCK: true and the VSOCK feature gate)",
+                settings.agent
+            ));
+        }
+        Vm::Standalone => return Err(VSOCK_OF_VMI_NEEDS_HOOK.to_string()),
+    }
+    Ok(settings)
+}
+
 /// Reloading the config file: SIGHUP and the directory watch.
 struct Reloads {
     source: ConfigSource,
     /// The text of the config in force.
     text: String,
-    /// The `listen` setting the server was bound with.
-    listen: SocketAddr,
+    /// The config in force as the file gives it (`vsock://vmi:PORT` unresolved).
+    configured: Settings,
     watch: Option<ConfigWatch>,
     hangup: Option<tokio::signal::unix::Signal>,
-    /// The file changed between its first read and the start of the watch.
+    /// Read the file at the next turn: it changed between its first read and the start
+    /// of the watch, or its last read was rejected and the VM has changed since.
     pending: bool,
+    /// The last read was rejected.
+    rejected: bool,
 }
 
 impl Reloads {
-    fn start(source: ConfigSource, text: String, listen: SocketAddr) -> Reloads {
+    fn start(source: ConfigSource, text: String, configured: Settings) -> Reloads {
         let watch = match ConfigWatch::start(&source.path) {
             Ok(watch) => Some(watch),
             Err(error) => {
@@ -269,68 +317,73 @@ impl Reloads {
         Reloads {
             source,
             text,
-            listen,
+            configured,
             watch,
             hangup,
             pending,
+            rejected: false,
         }
     }
 
+    /// After a definition: a config rejected for want of the VM's vsock CID may now be
+    /// good, so it is read again rather than waiting for the next change.
+    fn retry_if_rejected(&mut self) {
+        self.pending |= self.rejected;
+    }
+
     /// The next reason to reload: `true` for SIGHUP (always re-read), `false` for a change
-    /// in the directory (ignored when the text is the same).
+    /// in the directory (ignored when the text is the same). `None` when neither can come.
     async fn next(&mut self) -> Option<bool> {
         if std::mem::take(&mut self.pending) {
             return Some(false);
         }
-        let watch = async {
-            match self.watch.as_mut() {
-                Some(watch) => watch.changed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let hangup = async {
-            match self.hangup.as_mut() {
-                Some(hangup) => hangup.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            Some(()) = watch => Some(false),
-            Some(()) = hangup => Some(true),
+            Some(()) = or_never(self.watch.as_mut().map(ConfigWatch::changed)) => Some(false),
+            Some(()) = or_never(self.hangup.as_mut().map(|hangup| hangup.recv())) => Some(true),
+            else => None,
         }
     }
 
     /// Reads the file; a valid config replaces the one in force (requests in flight finish
     /// on the old one), an invalid one is logged with every error and the old one stays.
-    ///
-    /// `vsock_cid` is the VM's CID learnt at `OnDefineDomain`, for `vsock://vmi:PORT`.
     async fn reload(
         &mut self,
         forced: bool,
-        vsock_cid: Option<u32>,
+        vm: Vm,
         checks: &ChecksInForce,
         metrics: &Arc<Metrics>,
     ) {
         let path = self.source.path.display().to_string();
-        match self.source.read() {
-            Ok((text, _)) if text == self.text && !forced => {}
-            Ok((text, mut settings)) => {
-                if let Some(cid) = vsock_cid {
-                    settings.agent = settings.agent.with_vmi_cid(cid);
-                }
-                if settings.listen != self.listen {
+        let read = self.source.read().and_then(|(text, configured)| {
+            let settings = settings_for_vm(configured.clone(), vm)
+                .map_err(|problem| format!("{path}: {problem}"))?;
+            Ok((text, configured, settings))
+        });
+        match read {
+            Ok((text, ..)) if text == self.text && !forced => self.rejected = false,
+            Ok((text, configured, mut settings)) => {
+                let listening = self.configured.listen;
+                if settings.listen != listening {
                     tracing::warn!(
                         configured = %settings.listen,
-                        listening = %self.listen,
+                        %listening,
                         "listen changed in the config: it takes effect at the next restart"
                     );
+                    // Not a change of the checks.
+                    settings.listen = listening;
                 }
                 let outcome = put_in_force(checks, settings, metrics).await;
                 metrics.record_reload(outcome);
                 tracing::info!(path, outcome, "config reloaded");
                 self.text = text;
+                self.rejected = false;
+                self.configured = Settings {
+                    listen: listening,
+                    ..configured
+                };
             }
             Err(errors) => {
+                self.rejected = true;
                 metrics.record_reload("rejected");
                 for line in errors.lines() {
                     tracing::error!(
@@ -343,53 +396,35 @@ impl Reloads {
     }
 }
 
-/// The next SIGHUP without a config file, or never.
-async fn next_idle_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match hangup {
-        Some(hangup) => hangup.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next reload, or never when the config is not from a file.
-async fn next_reload(reloads: &mut Option<Reloads>) -> Option<bool> {
-    match reloads {
-        Some(reloads) => reloads.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next hook event, or never when there is no hook (so `select!` ignores the branch).
-async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<HookEvent>>) -> Option<HookEvent> {
-    match events {
-        Some(events) => events.recv().await,
+/// Awaits `next` when there is one, or never: a `select!` branch for something that may
+/// not exist (no config file, not a hook sidecar).
+async fn or_never<T>(next: Option<impl Future<Output = Option<T>>>) -> Option<T> {
+    match next {
+        Some(next) => next.await,
         None => std::future::pending().await,
     }
 }
 
 /// Puts what the VM's definition brings in force (see [`put_in_force`]): the VMI's checks
-/// (`None` when a config file gave them), and its vsock CID for `vsock://vmi:PORT`.
+/// (`None` when a config file gave them: `configured`), resolved for the VM.
 async fn apply_definition(
     checks: &ChecksInForce,
     file: Option<GatewayFile>,
-    vsock_cid: Option<u32>,
+    configured: Option<&Settings>,
     overrides: &Overrides,
+    vm: Vm,
     metrics: &Arc<Metrics>,
 ) -> Result<(), String> {
-    let (summary, mut settings) = match file {
-        Some(file) => {
+    let (summary, configured) = match (file, configured) {
+        (Some(file), _) => {
             let summary = file.summary();
             let settings = Settings::resolve(file, overrides.clone()).map_err(|e| e.to_string())?;
             (summary, settings)
         }
-        None => match (checks.current(), vsock_cid) {
-            (Ok(current), Some(_)) => ("the config's".to_string(), current.settings.clone()),
-            _ => return Ok(()),
-        },
+        (None, Some(configured)) => ("the config's".to_string(), configured.clone()),
+        (None, None) => return Ok(()),
     };
-    if let Some(cid) = vsock_cid {
-        settings.agent = settings.agent.with_vmi_cid(cid);
-    }
+    let settings = settings_for_vm(configured, vm)?;
     let agent = settings.agent.to_string();
     match put_in_force(checks, settings, metrics).await {
         "unchanged" => tracing::info!("the VM is defined again with the same checks; kept"),
@@ -401,36 +436,27 @@ async fn apply_definition(
 }
 
 /// Puts `settings`' checks in force, unless they are the ones in force ("unchanged"; a
-/// migration target's second definition, a reload of the same file). A new set keeps the
-/// agent connection when the agent is the same: a private channel or a listening agent
-/// serves one client at a time, so a second connection would only wait behind the first.
-/// Requests in flight finish on the set they started with.
+/// migration target's second definition, a reload of the same file). A new set takes over
+/// from the old one (see [`CheckSet::follow`]); requests in flight finish on the set they
+/// started with, and an agent connection no longer used is closed after the swap.
 async fn put_in_force(
     checks: &ChecksInForce,
     settings: Settings,
     metrics: &Arc<Metrics>,
 ) -> &'static str {
     let current = checks.current().ok();
-    if current
-        .as_ref()
-        .is_some_and(|current| current.settings == settings)
-    {
-        return "unchanged";
-    }
-    let reusable = current.as_ref().filter(|current| {
-        current.settings.agent == settings.agent
-            && current.settings.output_excerpt_bytes == settings.output_excerpt_bytes
-    });
-    let set = match reusable {
-        Some(current) => CheckSet::with_agent(settings, current.agent.clone(), metrics),
-        None => {
-            if let Some(old) = &current {
-                old.agent.close().await;
-            }
-            CheckSet::start(settings, metrics)
-        }
+    let set = match &current {
+        Some(current) if current.settings == settings => return "unchanged",
+        Some(current) => CheckSet::follow(current, settings, metrics),
+        None => CheckSet::start(settings, metrics),
     };
+    let keeps_agent = current
+        .as_ref()
+        .is_some_and(|current| set.shares_agent_with(current));
     checks.replace(set);
+    if let (Some(old), false) = (current, keeps_agent) {
+        old.agent.close().await;
+    }
     "applied"
 }
 

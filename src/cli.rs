@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
-use crate::agent::{AgentAddress, GuestAgent};
+use crate::agent::{AgentAddress, GuestAgent, VSOCK_OF_VMI_NEEDS_HOOK};
 use crate::app::{Application, HookMode};
 use crate::config::{self, GatewayFile, LoadError, Overrides, ProbeKind, Settings};
 use crate::kubevirt::HookSetup;
@@ -122,10 +122,6 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// `vsock://vmi:PORT` outside hook mode, where no VMI brings a CID.
-const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
-     --kubevirt-hook; give vsock://CID:PORT otherwise";
-
 fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
     for line in error.to_string().lines() {
         eprintln!("error: {line}");
@@ -164,10 +160,6 @@ fn serve(args: ServeArgs) -> ExitCode {
             container_name: args.container_name.clone(),
             add_channel: overrides.agent.is_none() && file.agent.is_none(),
             checks_from_vmi: args.config.is_none(),
-            vsock_of_vmi: matches!(
-                overrides.agent.as_ref().or(file.agent.as_ref()),
-                Some(AgentAddress::VsockOfVmi { .. })
-            ),
         };
         HookMode {
             overrides: Overrides {

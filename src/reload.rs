@@ -16,6 +16,9 @@ use crate::config::{self, LoadError, Overrides, Settings};
 /// Events come in bursts (a ConfigMap swap is several renames): wait this long for quiet.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// The longest wait for quiet: a directory written more often than [`SETTLE`] is still read.
+const MAX_SETTLE: Duration = Duration::from_secs(1);
+
 /// Where the config comes from, and what to resolve it with.
 #[derive(Debug, Clone)]
 pub struct ConfigSource {
@@ -56,6 +59,8 @@ impl ConfigSource {
 /// A watch on the config file's directory.
 pub struct ConfigWatch {
     events: mpsc::UnboundedReceiver<()>,
+    /// A change was seen and not yet reported (it survives a cancelled [`ConfigWatch::changed`]).
+    seen: bool,
     _watcher: notify::RecommendedWatcher,
 }
 
@@ -77,18 +82,25 @@ impl ConfigWatch {
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         Ok(ConfigWatch {
             events,
+            seen: false,
             _watcher: watcher,
         })
     }
 
-    /// Waits for a change in the directory, then for the burst to settle.
+    /// Waits for a change in the directory, then for the burst to settle: [`SETTLE`] of
+    /// quiet, or at most [`MAX_SETTLE`] in a directory that keeps changing. Cancel-safe:
+    /// a change seen before a cancellation is reported by the next call.
     pub async fn changed(&mut self) -> Option<()> {
-        self.events.recv().await?;
-        loop {
-            match tokio::time::timeout(SETTLE, self.events.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) | Err(_) => return Some(()),
-            }
+        if !self.seen {
+            self.events.recv().await?;
+            self.seen = true;
         }
+        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
+        while let Ok(Ok(Some(()))) =
+            tokio::time::timeout_at(give_up, tokio::time::timeout(SETTLE, self.events.recv())).await
+        {
+        }
+        self.seen = false;
+        Some(())
     }
 }

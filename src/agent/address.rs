@@ -6,6 +6,10 @@ use std::path::PathBuf;
 /// The accepted forms, quoted in every error about an agent address.
 pub const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
 
+/// Why `vsock://vmi:PORT` cannot be used outside KubeVirt hook mode.
+pub const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
+     --kubevirt-hook; give vsock://CID:PORT otherwise";
+
 /// The address of a qemu-guest-agent endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddress {

@@ -8,7 +8,7 @@ pub mod framing;
 pub mod protocol;
 pub mod transport;
 
-pub use address::{ACCEPTED_FORMS, AgentAddress};
+pub use address::{ACCEPTED_FORMS, AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
 pub use client::{GuestAgent, LinkState, LinkStatus};
 pub use error::AgentError;
 pub use protocol::{ExecStatus, OutputExcerpt};

@@ -117,9 +117,9 @@ impl Handler {
 
 /// One probe in KubeVirt's VMI Probe shape, validated.
 ///
-/// `initialDelaySeconds`, `periodSeconds` and the thresholds are kubelet's business in the
-/// default mode (applying them here too would count failures twice); they are kept so that a
-/// probe copied from a VMI validates, and for later use.
+/// `initialDelaySeconds`, `periodSeconds` and the thresholds are kubelet's business in
+/// `onDemand` mode (applying them here too would count failures twice), and the gateway's
+/// own schedule in `background` mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub handler: Handler,

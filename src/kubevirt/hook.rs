@@ -48,9 +48,6 @@ pub struct HookSetup {
     pub add_channel: bool,
     /// Whether the checks come from the VMI (no `--config`).
     pub checks_from_vmi: bool,
-    /// Whether the agent is `vsock://vmi:PORT`: the VMI's `status.vsockCID` is then
-    /// required at `OnDefineDomain`.
-    pub vsock_of_vmi: bool,
 }
 
 impl HookSetup {
@@ -118,7 +115,7 @@ pub enum HookEvent {
     /// `applied` is answered once they are in force, or with why they cannot be.
     Defined {
         checks: Option<Box<GatewayFile>>,
-        /// The VMI's `status.vsockCID`, when the agent is `vsock://vmi:PORT`.
+        /// The VMI's `status.vsockCID` when it has one, for `vsock://vmi:PORT`.
         vsock_cid: Option<u32>,
         applied: oneshot::Sender<Result<(), String>>,
     },
@@ -272,17 +269,10 @@ impl Callbacks {
         } else {
             None
         };
-        let vsock_cid = if self.setup.vsock_of_vmi {
-            match config::vsock_cid_of_vmi(vmi) {
-                Ok(cid) => Some(cid),
-                Err(problem) => {
-                    problems.push(format!("VMI {problem}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        // Taken whenever the VMI has one: the agent in force, or one a config reload names
+        // later, may be `vsock://vmi:PORT`. Whether it is required is the gateway's call
+        // (the agent in force may change), answered through `applied`.
+        let vsock_cid = config::vsock_cid_of_vmi(vmi).ok();
         let xml = if self.setup.add_channel {
             match domain::add_agent_channel(domain_xml, &self.setup.channel_path_for_qemu()) {
                 Ok(edited) => {

@@ -77,12 +77,37 @@ struct Shared {
     /// When the result the loop works towards was due: the start of the check in flight,
     /// or of the next one. Moves only when a result arrives.
     due: Instant,
+    /// What the schedule counts from: the start of the latest check (in flight or done),
+    /// or before the first one the start of the loop (`initialDelaySeconds` counts from
+    /// there).
+    anchor: Anchor,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    Started(Instant),
+    Checked(Instant),
+}
+
+impl Anchor {
+    /// When the next check is due under `spec`'s schedule (never before now).
+    fn next_due(self, spec: &ProbeSpec) -> Instant {
+        let due = match self {
+            Anchor::Started(at) => at + seconds(spec.initial_delay_seconds),
+            Anchor::Checked(at) => at + seconds(spec.period_seconds),
+        };
+        due.max(Instant::now())
+    }
+}
+
+fn seconds(count: u32) -> Duration {
+    Duration::from_secs(u64::from(count))
 }
 
 /// One probe run by the gateway's own loop. Dropping it stops the loop.
 pub struct BackgroundProbe {
     kind: ProbeKind,
-    handler: &'static str,
+    checker: Arc<Checker>,
     spec: ProbeSpec,
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
@@ -95,19 +120,53 @@ impl Drop for BackgroundProbe {
 }
 
 impl BackgroundProbe {
-    /// Starts the loop of `checker`'s probe. Must run on a tokio runtime.
+    /// Starts the loop of `checker`'s probe in kubelet's initial state. Must run on a tokio
+    /// runtime.
     pub fn start(checker: Arc<Checker>, spec: ProbeSpec) -> BackgroundProbe {
-        let kind = checker.kind();
-        let first = Instant::now() + Duration::from_secs(u64::from(spec.initial_delay_seconds));
-        let shared = Arc::new(Mutex::new(Shared {
-            state: ThresholdState::initial(kind),
+        let anchor = Anchor::Started(Instant::now());
+        let shared = Shared {
+            state: ThresholdState::initial(checker.kind()),
             last: None,
-            due: first,
-        }));
-        let task = tokio::spawn(run_loop(checker.clone(), spec.clone(), Arc::clone(&shared)));
+            due: anchor.next_due(&spec),
+            anchor,
+        };
+        BackgroundProbe::spawn(checker, spec, shared)
+    }
+
+    /// Starts the loop of `checker`'s probe where `previous` (the same check of the config
+    /// before a reload) left off: its counts, its state and its latest result stay, and the
+    /// next check is due on `spec`'s schedule counted from the previous one, so a reload
+    /// neither resets readiness to failing nor waits `initialDelaySeconds` again.
+    pub fn resume(
+        previous: &BackgroundProbe,
+        checker: Arc<Checker>,
+        spec: ProbeSpec,
+    ) -> BackgroundProbe {
+        let shared = {
+            let old = previous
+                .shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Shared {
+                state: old.state.clone(),
+                last: old.last.clone(),
+                due: old.anchor.next_due(&spec),
+                anchor: old.anchor,
+            }
+        };
+        BackgroundProbe::spawn(checker, spec, shared)
+    }
+
+    fn spawn(checker: Arc<Checker>, spec: ProbeSpec, shared: Shared) -> BackgroundProbe {
+        let shared = Arc::new(Mutex::new(shared));
+        let task = tokio::spawn(run_loop(
+            Arc::clone(&checker),
+            spec.clone(),
+            Arc::clone(&shared),
+        ));
         BackgroundProbe {
-            kind,
-            handler: checker.handler(),
+            kind: checker.kind(),
+            checker,
             spec,
             shared,
             task,
@@ -116,6 +175,15 @@ impl BackgroundProbe {
 
     pub fn kind(&self) -> ProbeKind {
         self.kind
+    }
+
+    /// The checker the loop runs.
+    pub fn checker(&self) -> &Arc<Checker> {
+        &self.checker
+    }
+
+    pub fn spec(&self) -> &ProbeSpec {
+        &self.spec
     }
 
     /// The probe's current state as a report: the latest check's details, the verdict of
@@ -176,7 +244,7 @@ impl BackgroundProbe {
     fn no_result_yet(&self, passing: bool) -> ProbeReport {
         ProbeReport {
             probe: self.kind,
-            handler: self.handler,
+            handler: self.checker.handler(),
             result: if passing {
                 CheckResult::Success
             } else {
@@ -195,15 +263,17 @@ impl BackgroundProbe {
 /// Runs the check every `periodSeconds` (measured from the start of the previous one; a
 /// check that overruns the period is followed at once), after `initialDelaySeconds`.
 async fn run_loop(checker: Arc<Checker>, spec: ProbeSpec, shared: Arc<Mutex<Shared>>) {
-    let period = Duration::from_secs(u64::from(spec.period_seconds));
     let mut due = shared.lock().unwrap_or_else(PoisonError::into_inner).due;
     loop {
         sleep_until(due).await;
         let started = Instant::now();
+        // A loop that takes over now (a reload) counts its schedule from this check, and
+        // does not start a second one beside it.
+        shared.lock().unwrap_or_else(PoisonError::into_inner).anchor = Anchor::Checked(started);
         // In its own task (single flight): stopping this loop (a reload replaced the
         // checks) never cancels a check midway and loses track of its guest process.
         let report = checker.check().await;
-        due = (started + period).max(Instant::now());
+        due = Anchor::Checked(started).next_due(&spec);
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let flipped = shared.state.record(
             report.result == CheckResult::Success,
@@ -422,6 +492,34 @@ mod tests {
                     .ends_with("(failure 1 of failureThreshold 3: still passing)"),
                 "{report:?}"
             );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_resumed_probe_keeps_its_state_and_its_schedule() {
+            let spec = spec(30, 1, 3);
+            let probe = probe(ProbeKind::Readiness, &spec, &[true; 3]);
+            tokio::time::sleep(Duration::from_secs(35)).await;
+            assert!(probe.report().passed(), "the check at 30 s passed");
+            let changed = ProbeSpec {
+                failure_threshold: 5,
+                ..spec
+            };
+            let resumed = BackgroundProbe::resume(&probe, Arc::clone(probe.checker()), changed);
+            drop(probe);
+            let count = |probe: &BackgroundProbe| {
+                let report = probe.report();
+                (
+                    report.passed(),
+                    report.background.clone().unwrap().consecutive_successes,
+                )
+            };
+            assert_eq!(count(&resumed), (true, 1), "not reset to failing");
+            // Due at 40 s (the last check at 30 s + periodSeconds): not at once, and not
+            // after another initialDelaySeconds.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert_eq!(count(&resumed), (true, 1), "no check before it is due");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(count(&resumed), (true, 2));
         }
 
         #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 /// The window after start-up in which a liveness check that cannot reach the agent
 /// passes: a booting guest, or a migration target whose guest has not arrived yet, is
 /// not a dead one. It ends early once the agent has answered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessGrace {
     pub started: Instant,
     pub window: Duration,
@@ -92,6 +92,18 @@ impl Checker {
 
     pub fn timeout(&self) -> Duration {
         self.spec.timeout
+    }
+
+    /// True when this checker runs exactly the check these settings describe (on the same
+    /// agent), so a new set of checks can keep it, with its check in flight and its
+    /// latest result.
+    pub fn runs(
+        &self,
+        spec: &ProbeSpec,
+        min_interval: Duration,
+        grace: Option<LivenessGrace>,
+    ) -> bool {
+        self.spec == *spec && self.min_interval == min_interval && self.grace == grace
     }
 
     /// Runs the check, or joins the one in flight. The check runs in its own task: a

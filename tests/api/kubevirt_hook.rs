@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::eventually;
 use crate::support::gateway::{Gateway, run_cli};
 use crate::support::hook::{
-    Channel, channels, define, domain_fixture, hook_call, vmi_fixture, vmi_with_probes,
+    Channel, channels, define, domain_fixture, hook_call, vmi_fixture, vmi_with, vmi_with_probes,
 };
 use crate::support::qga::QemuGa;
 
@@ -509,10 +509,9 @@ async fn a_vsock_agent_takes_its_cid_from_the_vmi_and_adds_no_channel() {
     assert_eq!(reply.status, 503);
     assert!(reply.body.contains("vsock://3:1234"), "{}", reply.body);
 
-    let mut vmi: Value = serde_json::from_slice(&std::fs::read(vmi_fixture()).unwrap()).unwrap();
-    vmi["status"].as_object_mut().unwrap().remove("vsockCID");
-    let without = hooked.dir.path().join("no-cid.json");
-    std::fs::write(&without, serde_json::to_vec(&vmi).unwrap()).unwrap();
+    let without = vmi_with(hooked.dir.path(), |vmi| {
+        vmi["status"].as_object_mut().unwrap().remove("vsockCID");
+    });
     let other = Hooked::start(&["--agent", "vsock://vmi:1234"]);
     let answer = define(&other.socket(), &domain_fixture(), &without);
     assert_eq!(answer["code"], "INVALID_ARGUMENT", "{answer}");
@@ -520,7 +519,7 @@ async fn a_vsock_agent_takes_its_cid_from_the_vmi_and_adds_no_channel() {
         answer["details"]
             .as_str()
             .unwrap()
-            .contains("VMI status.vsockCID: not set"),
+            .contains("agent: vsock://vmi:1234: the VMI has no status.vsockCID"),
         "{answer}"
     );
 }
@@ -559,4 +558,79 @@ async fn sighup_without_a_config_file_is_logged_and_the_gateway_keeps_serving() 
     })
     .await;
     assert_eq!(hooked.gateway.get("/healthz").await.status, 200);
+}
+
+/// A hook sidecar whose checks come from a config file, written atomically (as a
+/// ConfigMap update would be) to be reloaded.
+struct HookedWithConfig {
+    hooked: Hooked,
+    config: PathBuf,
+}
+
+impl HookedWithConfig {
+    fn start(config: &str) -> HookedWithConfig {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config").join("gateway.yaml");
+        std::fs::create_dir(path.parent().unwrap()).expect("config dir");
+        std::fs::write(&path, config).expect("write config");
+        let gateway = Gateway::start_hook(
+            &dir.path().join("hooks"),
+            &["--config", &path.display().to_string()],
+        );
+        HookedWithConfig {
+            hooked: Hooked { dir, gateway },
+            config: path,
+        }
+    }
+
+    fn update(&self, config: &str) {
+        let staged = self.config.with_extension("staged");
+        std::fs::write(&staged, config).expect("write config");
+        std::fs::rename(&staged, &self.config).expect("replace config");
+    }
+
+    fn define_with_cid(&self, cid: u32) {
+        let vmi = vmi_with(self.hooked.dir.path(), |vmi| {
+            vmi["status"]["vsockCID"] = cid.into();
+        });
+        let answer = define(&self.hooked.socket(), &domain_fixture(), &vmi);
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+
+    /// What `/ready` answers: this machine has no vsock peer, so the reason names the
+    /// address the gateway dials.
+    async fn ready(&self) -> String {
+        self.hooked.gateway.get("/ready").await.body
+    }
+}
+
+const READY_BY_PING: &str = "readinessProbe:\n  guestAgentPing: {}\n  timeoutSeconds: 1\n";
+
+#[tokio::test]
+async fn a_redefinition_with_another_vsock_cid_moves_the_checks_to_it() {
+    let hooked = HookedWithConfig::start(&format!("agent: \"vsock://vmi:1234\"\n{READY_BY_PING}"));
+    hooked.define_with_cid(3);
+    let ready = hooked.ready().await;
+    assert!(ready.contains("vsock://3:1234"), "{ready}");
+    hooked.define_with_cid(7);
+    let ready = hooked.ready().await;
+    assert!(ready.contains("vsock://7:1234"), "{ready}");
+}
+
+#[tokio::test]
+async fn a_reload_to_the_vms_vsock_after_the_definition_takes_the_cid_of_the_vmi() {
+    let hooked = HookedWithConfig::start(READY_BY_PING);
+    hooked.define_with_cid(5);
+    hooked.update(&format!("agent: \"vsock://vmi:1234\"\n{READY_BY_PING}"));
+    eventually("the reload", Duration::from_secs(5), || async {
+        hooked
+            .hooked
+            .gateway
+            .metric("probe_gateway_config_reloads_total{result=\"applied\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let ready = hooked.ready().await;
+    assert!(ready.contains("vsock://5:1234"), "{ready}");
 }

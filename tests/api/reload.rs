@@ -50,8 +50,25 @@ fn exec(command: &str) -> String {
     format!("readinessProbe:\n  exec:\n    command: [{command}]\n  timeoutSeconds: 2\n")
 }
 
-fn agent_arg(agent: &QemuGa) -> String {
-    agent.socket().display().to_string()
+/// A gateway serving the config of a ConfigMap volume, against its own real qemu-ga.
+struct Reloadable {
+    volume: ConfigMapVolume,
+    gateway: Gateway,
+    _agent: QemuGa,
+}
+
+impl Reloadable {
+    fn start(config: &str) -> Reloadable {
+        let agent = QemuGa::start();
+        let volume = ConfigMapVolume::new(config);
+        let socket = agent.socket().display().to_string();
+        let gateway = Gateway::start_file(&volume.path(), &["--agent", &socket]);
+        Reloadable {
+            volume,
+            gateway,
+            _agent: agent,
+        }
+    }
 }
 
 async fn reloads(gateway: &Gateway, result: &str) -> f64 {
@@ -64,9 +81,11 @@ async fn reloads(gateway: &Gateway, result: &str) -> f64 {
 
 #[tokio::test]
 async fn a_configmap_update_is_picked_up_without_a_restart() {
-    let agent = QemuGa::start();
-    let mut volume = ConfigMapVolume::new(&exec("\"false\""));
-    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    let Reloadable {
+        mut volume,
+        gateway,
+        _agent,
+    } = Reloadable::start(&exec("\"false\""));
     assert_eq!(gateway.get("/ready").await.status, 503);
     let pid = gateway.pid();
 
@@ -91,9 +110,11 @@ async fn a_configmap_update_is_picked_up_without_a_restart() {
 
 #[tokio::test]
 async fn an_invalid_config_is_rejected_with_validates_errors_and_the_old_one_stays() {
-    let agent = QemuGa::start();
-    let mut volume = ConfigMapVolume::new(&exec("\"true\""));
-    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    let Reloadable {
+        mut volume,
+        gateway,
+        _agent,
+    } = Reloadable::start(&exec("\"true\""));
     assert_eq!(gateway.get("/ready").await.status, 200);
 
     let bad = "readinessProbe:\n  exec:\n    command: []\n  timeoutSeconds: 0\n";
@@ -143,9 +164,11 @@ async fn an_invalid_config_is_rejected_with_validates_errors_and_the_old_one_sta
 
 #[tokio::test]
 async fn sighup_rereads_the_file() {
-    let agent = QemuGa::start();
-    let volume = ConfigMapVolume::new(&exec("\"true\""));
-    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    let Reloadable {
+        volume: _volume,
+        gateway,
+        _agent,
+    } = Reloadable::start(&exec("\"true\""));
     assert_eq!(gateway.get("/healthz").await.status, 200);
     gateway.signal(Signal::SIGHUP);
     eventually("the forced reload", Duration::from_secs(5), || async {
@@ -162,7 +185,7 @@ async fn a_listen_change_is_logged_as_needing_a_restart() {
         ConfigMapVolume::new(&format!("listen: \"127.0.0.1:0\"\n{}", exec("\"true\"")));
     let gateway = Gateway::start_file_listening_as_configured(
         &volume.path(),
-        &["--agent", &agent_arg(&agent)],
+        &["--agent", &agent.socket().display().to_string()],
     );
     volume.update(&format!("listen: \"127.0.0.1:1\"\n{}", exec("\"true\"")));
     eventually("the listen warning", Duration::from_secs(5), || async {
@@ -176,13 +199,23 @@ async fn a_listen_change_is_logged_as_needing_a_restart() {
         200,
         "still serving where it was"
     );
+    assert_eq!(
+        (
+            reloads(&gateway, "unchanged").await,
+            reloads(&gateway, "applied").await
+        ),
+        (1.0, 0.0),
+        "a listen change alone leaves the checks as they are"
+    );
 }
 
 #[tokio::test]
 async fn requests_during_reloads_are_all_answered() {
-    let agent = QemuGa::start();
-    let mut volume = ConfigMapVolume::new(&exec("\"true\""));
-    let gateway = Gateway::start_file(&volume.path(), &["--agent", &agent_arg(&agent)]);
+    let Reloadable {
+        mut volume,
+        gateway,
+        _agent,
+    } = Reloadable::start(&exec("\"true\""));
     let url = gateway.url("/ready");
     let load = tokio::spawn(async move {
         let client = reqwest::Client::builder()
@@ -211,4 +244,93 @@ async fn requests_during_reloads_are_all_answered() {
         .filter(|s| !matches!(s, Ok(200 | 503)))
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// A background readiness probe of `true` every second, passing after `success` results,
+/// with `settings` (gateway fields, one per line).
+fn background(success: u32, settings: &str) -> String {
+    format!(
+        "mode: background\n{settings}readinessProbe:\n  exec:\n    \
+         command: [\"true\"]\n  periodSeconds: 1\n  successThreshold: {success}\n"
+    )
+}
+
+async fn consecutive_successes(gateway: &Gateway) -> (u16, u64) {
+    let (status, report) = gateway.report("/ready").await;
+    (status, report["consecutiveSuccesses"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_state_of_a_background_check_it_does_not_change() {
+    let Reloadable {
+        mut volume,
+        gateway,
+        _agent,
+    } = Reloadable::start(&background(3, ""));
+    eventually("readiness passes", Duration::from_secs(10), || async {
+        consecutive_successes(&gateway).await.0 == 200
+    })
+    .await;
+
+    // Another exposeOutput: the same check, the same loop.
+    volume.update(&background(3, "exposeOutput: true\n"));
+    eventually("the reload", Duration::from_secs(5), || async {
+        reloads(&gateway, "applied").await == 1.0
+    })
+    .await;
+    let (status, successes) = consecutive_successes(&gateway).await;
+    assert_eq!(status, 200, "readiness is not reset to failing");
+    assert!(successes >= 3, "the count goes on: {successes}");
+
+    // Another threshold: a new loop that resumes the state and the counts (a reset
+    // would fail readiness, kubelet's initial state, for four periods).
+    volume.update(&background(4, "exposeOutput: true\n"));
+    eventually("the second reload", Duration::from_secs(5), || async {
+        reloads(&gateway, "applied").await == 2.0
+    })
+    .await;
+    let (status, resumed) = consecutive_successes(&gateway).await;
+    assert_eq!(status, 200, "readiness is not reset to failing");
+    assert!(resumed >= successes, "{resumed} < {successes}");
+
+    // Another output excerpt size: a new agent client on the same address, and still the
+    // same state.
+    volume.update(&background(
+        4,
+        "exposeOutput: true\noutputExcerptBytes: 2048\n",
+    ));
+    eventually("the third reload", Duration::from_secs(5), || async {
+        reloads(&gateway, "applied").await == 3.0
+    })
+    .await;
+    let (status, kept) = consecutive_successes(&gateway).await;
+    assert_eq!(status, 200, "readiness is not reset to failing");
+    assert!(kept >= resumed, "{kept} < {resumed}");
+}
+
+#[tokio::test]
+async fn a_reload_to_the_vmis_vsock_outside_hook_mode_is_rejected_naming_why() {
+    let agent = QemuGa::start();
+    let in_file = |agent: &str| format!("agent: \"{agent}\"\n{}", exec("\"true\""));
+    let mut volume = ConfigMapVolume::new(&in_file(&agent.socket().display().to_string()));
+    let gateway = Gateway::start_file(&volume.path(), &[]);
+    assert_eq!(gateway.get("/ready").await.status, 200);
+    volume.update(&in_file("vsock://vmi:1234"));
+    eventually("the rejection", Duration::from_secs(5), || async {
+        reloads(&gateway, "rejected").await == 1.0
+    })
+    .await;
+    assert!(
+        gateway.logs().iter().any(|e| e["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("vsock://vmi:PORT")
+                && error.contains("needs --kubevirt-hook"))),
+        "{:#?}",
+        gateway.logs()
+    );
+    assert_eq!(
+        gateway.get("/ready").await.status,
+        200,
+        "the old config stays"
+    );
 }

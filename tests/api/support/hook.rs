@@ -28,20 +28,27 @@ pub fn vmi_fixture() -> PathBuf {
 
 /// The VMI fixture with the annotation set to `probes` (`None`: removed), written to `dir`.
 pub fn vmi_with_probes(dir: &Path, probes: Option<&str>) -> PathBuf {
+    vmi_with(dir, |vmi| {
+        let annotations = vmi["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("annotations");
+        match probes {
+            Some(text) => {
+                annotations.insert("probe-gateway.kubevirt.io/probes".into(), text.into());
+            }
+            None => {
+                annotations.remove("probe-gateway.kubevirt.io/probes");
+            }
+        }
+    })
+}
+
+/// The VMI fixture changed by `edit`, written in `dir`.
+pub fn vmi_with(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
     let mut vmi: Value =
         serde_json::from_slice(&std::fs::read(vmi_fixture()).expect("read the VMI fixture"))
             .expect("the VMI fixture is JSON");
-    let annotations = vmi["metadata"]["annotations"]
-        .as_object_mut()
-        .expect("annotations");
-    match probes {
-        Some(text) => {
-            annotations.insert("probe-gateway.kubevirt.io/probes".into(), text.into());
-        }
-        None => {
-            annotations.remove("probe-gateway.kubevirt.io/probes");
-        }
-    }
+    edit(&mut vmi);
     let path = dir.join(format!("vmi-{}.json", fastrand::u32(..)));
     std::fs::write(&path, serde_json::to_vec(&vmi).expect("VMI JSON")).expect("write VMI");
     path
