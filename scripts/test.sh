@@ -29,6 +29,15 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh
 # the same): what CI builds is what the image holds.
 cargo build --release --locked
 
+# The benchmark's own crate (bench/): formatted, lint-clean, and a smoke run of every phase
+# against this release binary, so scripts/bench.sh keeps working.
+cargo fmt --manifest-path bench/Cargo.toml -- --check
+cargo clippy --locked --manifest-path bench/Cargo.toml --target-dir target/bench-build --release -- -D warnings
+cargo build --locked --release --manifest-path bench/Cargo.toml --target-dir target/bench-build
+mkdir -p target/bench
+target/bench-build/release/gateway-bench --quick \
+  --binary target/release/virt-probe-gateway --out target/bench/quick.md >/dev/null
+
 # The HTTP API against its OpenAPI document: validator, generated client, schemathesis.
 scripts/api-contract.sh
 

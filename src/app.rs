@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -96,8 +96,10 @@ impl Application {
         let waits = hook_mode
             .as_ref()
             .is_some_and(|mode| mode.setup.checks_from_vmi);
-        let initial = (!waits).then(|| CheckSet::start(settings, &metrics));
-        let checks = Arc::new(ChecksInForce::new(initial, WAITING_FOR_DEFINITION));
+        let checks = Arc::new(ChecksInForce::new(None, WAITING_FOR_DEFINITION));
+        // Put in force by the HTTP worker as it starts, before it serves: the agent client
+        // then runs on the worker's thread (see ChecksInForce::settle_on_this_runtime).
+        let initial = Arc::new(std::sync::Mutex::new((!waits).then_some(settings)));
         let hook = match hook_mode {
             Some(HookMode { setup, overrides }) => {
                 let (events_tx, events) = mpsc::unbounded_channel();
@@ -114,7 +116,17 @@ impl Application {
             checks: Arc::clone(&checks),
             metrics: Arc::clone(&metrics),
         });
+        let worker_checks = Arc::clone(&checks);
+        let worker_metrics = Arc::clone(&metrics);
         let server = HttpServer::new(move || {
+            worker_checks.settle_on_this_runtime();
+            let settings = initial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(settings) = settings {
+                worker_checks.replace(CheckSet::start(settings, &worker_metrics));
+            }
             App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(http::count_requests))
@@ -447,8 +459,8 @@ async fn put_in_force(
     let current = checks.current().ok();
     let set = match &current {
         Some(current) if current.settings == settings => return "unchanged",
-        Some(current) => CheckSet::follow(current, settings, metrics),
-        None => CheckSet::start(settings, metrics),
+        Some(current) => checks.on_probe_runtime(|| CheckSet::follow(current, settings, metrics)),
+        None => checks.on_probe_runtime(|| CheckSet::start(settings, metrics)),
     };
     let keeps_agent = current
         .as_ref()

@@ -12,6 +12,8 @@
 //! `?verbose` gives the text report, `Accept: application/json` the JSON report
 //! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
 
+#[cfg(feature = "swagger-ui")]
+mod docs;
 mod error;
 pub mod negotiate;
 pub mod openapi;
@@ -58,9 +60,6 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .default_service(web::to(routes::not_found));
     #[cfg(feature = "swagger-ui")]
     config
-        .service(web::resource("/docs").route(web::get().to(routes::docs_redirect)))
-        .service(
-            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
-                .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),
-        );
+        .service(web::resource("/docs").route(web::get().to(docs::redirect)))
+        .service(web::resource("/docs/{file:.*}").route(web::get().to(docs::file)));
 }

@@ -193,14 +193,6 @@ pub async fn openapi_json() -> HttpResponse {
         .body(super::openapi::document())
 }
 
-/// `GET /docs`: on to the Swagger UI at `/docs/` (its assets are relative to it).
-#[cfg(feature = "swagger-ui")]
-pub async fn docs_redirect() -> HttpResponse {
-    HttpResponse::PermanentRedirect()
-        .insert_header((header::LOCATION, "/docs/"))
-        .finish()
-}
-
 /// Counts every response by route and status (the `http_requests_total` metric) and logs
 /// it at debug level.
 pub async fn count_requests(

@@ -9,7 +9,7 @@ use crate::agent::{AgentError, ExecStatus, GuestAgent};
 use crate::config::{ExecCommand, ProbeKind};
 
 /// Status polls of a running guest process start fast and back off to this interval.
-const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_FIRST: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What a check found, before it becomes a [`super::ProbeReport`].

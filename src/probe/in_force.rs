@@ -3,8 +3,9 @@
 //! whole, so a request always sees one consistent set. In KubeVirt hook mode there is none
 //! until the VM is defined.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport, Probes};
@@ -168,6 +169,11 @@ pub struct ChecksInForce {
     current: RwLock<Option<Arc<CheckSet>>>,
     /// The reason `/ready` and `/live` give while there is no set.
     waiting: &'static str,
+    /// Where the sets' tasks (the agent client, background loops) run: the HTTP worker's
+    /// runtime. A probe then goes from the request to the agent's socket and back on one
+    /// thread; on another, each probe would cost two thread wake-ups, which measured as
+    /// most of the gateway's CPU per probe (BENCHMARKS.md).
+    runtime: OnceLock<Handle>,
 }
 
 impl ChecksInForce {
@@ -175,6 +181,25 @@ impl ChecksInForce {
         ChecksInForce {
             current: RwLock::new(set.map(Arc::new)),
             waiting,
+            runtime: OnceLock::new(),
+        }
+    }
+
+    /// Makes the calling thread's runtime the one new sets run on (the first call wins).
+    /// Must run on a tokio runtime.
+    pub fn settle_on_this_runtime(&self) {
+        let _ = self.runtime.set(Handle::current());
+    }
+
+    /// Runs `make` (which builds a set) with the sets' runtime entered, so that the tasks
+    /// it spawns run there; on the current runtime until one is settled.
+    pub fn on_probe_runtime<T>(&self, make: impl FnOnce() -> T) -> T {
+        match self.runtime.get() {
+            Some(runtime) => {
+                let _entered = runtime.enter();
+                make()
+            }
+            None => make(),
         }
     }
 

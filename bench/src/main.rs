@@ -1,0 +1,564 @@
+//! `scripts/bench.sh`: the gateway's cost per probe, side by side with the agent's own
+//! round trip and with a process per probe, in one run, as Markdown tables for
+//! BENCHMARKS.md. Absolute times drift on a shared machine; the ratios taken within one
+//! run are the figures to read.
+//!
+//! The clients are this file's own (a minimal HTTP/1.1 client, a minimal agent client),
+//! not a load tool: they time each request themselves, open a new connection per probe as
+//! kubelet does, and add no runtime of their own to the two cores the gateway and the
+//! agent share.
+
+mod agent;
+mod gateway;
+mod http;
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::{QemuGa, RawAgent};
+use gateway::Gateway;
+use stats::{Samples, ms, ratio, us};
+
+const CONFIG: &str = "readinessProbe:\n  exec:\n    command: [\"true\"]\n  timeoutSeconds: 5\n\
+livenessProbe:\n  guestAgentPing: {}\n  timeoutSeconds: 5\n";
+
+/// Sample sizes, and how long each load level runs.
+struct Plan {
+    pings: usize,
+    keep_alive: usize,
+    new_connection: usize,
+    processes: usize,
+    execs: usize,
+    load_time: Duration,
+    leak_probes: usize,
+    startups: usize,
+}
+
+const FULL: Plan = Plan {
+    pings: 20_000,
+    keep_alive: 20_000,
+    new_connection: 5_000,
+    processes: 200,
+    execs: 500,
+    load_time: Duration::from_secs(4),
+    leak_probes: 100_000,
+    startups: 30,
+};
+
+/// `--quick`: a smoke run of every phase.
+const QUICK: Plan = Plan {
+    pings: 500,
+    keep_alive: 500,
+    new_connection: 200,
+    processes: 10,
+    execs: 20,
+    load_time: Duration::from_millis(500),
+    leak_probes: 2_000,
+    startups: 3,
+};
+
+fn main() {
+    let mut binary = PathBuf::from("target/release/virt-probe-gateway");
+    let mut out = None;
+    let mut plan = &FULL;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--binary" => binary = args.next().expect("--binary PATH").into(),
+            "--out" => out = Some(PathBuf::from(args.next().expect("--out PATH"))),
+            "--quick" => plan = &QUICK,
+            other => panic!("unknown argument {other}; use --binary PATH --out PATH --quick"),
+        }
+    }
+    let binary =
+        std::fs::canonicalize(&binary).expect("the release binary (cargo build --release)");
+    let started = Instant::now();
+    let mut report = String::new();
+    machine(&mut report, &binary);
+
+    eprintln!("bench: unpinned");
+    let unpinned = run_pass(&binary, plan, None);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pinned = (cores >= 2).then(|| {
+        eprintln!("bench: pinned (gateway on CPU 0; client and agent on CPU 1)");
+        pin_self(1);
+        let pass = run_pass(&binary, plan, Some(0));
+        unpin_self(cores);
+        pass
+    });
+    eprintln!("bench: memory and start-up");
+    let memory = memory(&binary, plan);
+    let startup = startup(&binary, plan);
+
+    latency_table(&mut report, &unpinned, pinned.as_ref());
+    cost_table(&mut report, &unpinned, pinned.as_ref());
+    load_table(&mut report, &unpinned, pinned.as_ref());
+    footprint_table(&mut report, &memory, &startup, &binary);
+    let _ = writeln!(
+        report,
+        "\nThe run took {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{report}");
+    if let Some(out) = out {
+        std::fs::write(&out, &report).expect("write the report");
+        eprintln!("bench: tables written to {}", out.display());
+    }
+}
+
+/// What one pass measures, with everything placed one way (pinned or not).
+struct Pass {
+    ping: Samples,
+    live_keep_alive: Samples,
+    live_new_connection: Samples,
+    /// Gateway CPU per probe, ns: over one keep-alive connection, and a connection each.
+    cpu_keep_alive: f64,
+    cpu_new_connection: f64,
+    process_wall: Samples,
+    /// CPU (user + sys) per spawned `check`, ns.
+    process_cpu: f64,
+    exec_raw: Samples,
+    exec_gateway: Samples,
+    load: Vec<Load>,
+}
+
+struct Load {
+    clients: usize,
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latency: Samples,
+    cpu_share: f64,
+    pings_per_request: f64,
+}
+
+fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
+    // Two agents: the gateway holds one; the other is measured without it (a listening
+    // agent serves one client at a time).
+    let held = QemuGa::start();
+    let free = QemuGa::start();
+    let gateway = Gateway::start(binary, CONFIG, &held.socket(), gateway_core);
+
+    let ping = {
+        let mut raw = RawAgent::connect(&free.socket());
+        let samples = timed(plan.pings / 10, plan.pings, || raw.ping());
+        raw.close();
+        samples
+    };
+    let (live_keep_alive, cpu_keep_alive) = {
+        let mut connection = http::Connection::open(gateway.address).expect("connect");
+        let mut get = || assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
+        for _ in 0..plan.keep_alive / 10 {
+            get();
+        }
+        let cpu = gateway.cpu_ns();
+        let samples = timed(0, plan.keep_alive, get);
+        let per_probe = (gateway.cpu_ns() - cpu) as f64 / plan.keep_alive as f64;
+        (samples, per_probe)
+    };
+    let (live_new_connection, cpu_new_connection) = {
+        let get = || {
+            assert_eq!(
+                http::get_once(gateway.address, "/live").expect("GET /live"),
+                200
+            )
+        };
+        let cpu = gateway.cpu_ns();
+        let samples = timed(plan.new_connection / 10, plan.new_connection, get);
+        let count = plan.new_connection + plan.new_connection / 10;
+        (samples, (gateway.cpu_ns() - cpu) as f64 / count as f64)
+    };
+    let (process_wall, process_cpu) = process_per_probe(binary, &free.socket(), plan.processes);
+    let exec_raw = {
+        let mut raw = RawAgent::connect(&free.socket());
+        let samples = timed(plan.execs / 10, plan.execs, || {
+            assert_eq!(raw.exec("true"), 0)
+        });
+        raw.close();
+        samples
+    };
+    let exec_gateway = {
+        let mut connection = http::Connection::open(gateway.address).expect("connect");
+        timed(plan.execs / 10, plan.execs, || {
+            assert_eq!(connection.get("/ready", false).expect("GET /ready"), 200)
+        })
+    };
+    let load = [1, 10, 100]
+        .into_iter()
+        .map(|clients| load(&gateway, clients, plan.load_time))
+        .collect();
+    drop(gateway);
+    Pass {
+        ping,
+        live_keep_alive,
+        live_new_connection,
+        cpu_keep_alive,
+        cpu_new_connection,
+        process_wall,
+        process_cpu,
+        exec_raw,
+        exec_gateway,
+        load,
+    }
+}
+
+/// Runs `op` `warmup` times untimed, then `count` times timed.
+fn timed(warmup: usize, count: usize, mut op: impl FnMut()) -> Samples {
+    for _ in 0..warmup {
+        op();
+    }
+    let mut samples = Samples::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        op();
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// `virt-probe-gateway check liveness` per probe, as an exec probe would run it (without
+/// the container runtime's own cost): wall time each, and the children's CPU time.
+fn process_per_probe(binary: &Path, socket: &Path, count: usize) -> (Samples, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let run = || {
+        let status = Command::new(binary)
+            .args(["check", "liveness", "--config"])
+            .arg(&config)
+            .arg("--agent")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run check");
+        assert!(status.success(), "check liveness failed");
+    };
+    for _ in 0..count / 10 {
+        run();
+    }
+    let before = children_cpu_ns();
+    let samples = timed(0, count, run);
+    let cpu = (children_cpu_ns() - before) as f64 / count as f64;
+    (samples, cpu)
+}
+
+fn children_cpu_ns() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let ns =
+        |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000_000 + t.tv_usec() as u64 * 1_000;
+    ns(usage.user_time()) + ns(usage.system_time())
+}
+
+/// `clients` kubelet-like clients (a new connection per probe, back to back) on `/live`
+/// for `time`.
+fn load(gateway: &Gateway, clients: usize, time: Duration) -> Load {
+    let pings = "probe_gateway_agent_commands_total{command=\"guest-ping\"";
+    let pings_before = gateway.metric(pings);
+    let cpu_before = gateway.cpu_ns();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let address = gateway.address;
+            std::thread::spawn(move || {
+                let mut samples = Samples::with_capacity(4096);
+                let mut errors = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    match http::get_once(address, "/live") {
+                        Ok(200) => samples.push(sent.elapsed()),
+                        _ => errors += 1,
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(time);
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = Samples::default();
+    let mut errors = 0;
+    for worker in workers {
+        let (samples, failed) = worker.join().expect("client thread");
+        latency.extend(samples);
+        errors += failed;
+    }
+    let elapsed = started.elapsed();
+    let cpu = gateway.cpu_ns() - cpu_before;
+    let requests = latency.len();
+    // The metrics scrape itself is not a probe; it sends no agent command.
+    let pings_sent = gateway.metric(pings) - pings_before;
+    Load {
+        clients,
+        requests,
+        errors,
+        elapsed,
+        latency,
+        cpu_share: cpu as f64 / elapsed.as_nanos() as f64,
+        pings_per_request: pings_sent / requests.max(1) as f64,
+    }
+}
+
+struct Memory {
+    idle_kib: u64,
+    peak_kib: u64,
+    warm_kib: u64,
+    after_kib: u64,
+    probes: usize,
+    threads: usize,
+}
+
+/// RSS idle, peak under 100 clients, and before/after `leak_probes` probes.
+fn memory(binary: &Path, plan: &Plan) -> Memory {
+    let agent = QemuGa::start();
+    let gateway = Gateway::start(binary, CONFIG, &agent.socket(), None);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_kib = gateway.status_kib("VmRSS");
+    let threads = gateway.threads();
+    let _ = load(&gateway, 100, plan.load_time);
+    let peak_kib = gateway.status_kib("VmHWM");
+    // Warm up (allocator arenas, connection buffers), then count.
+    let probe_all = |count: usize| {
+        let per_client = count / 4;
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let address = gateway.address;
+                std::thread::spawn(move || {
+                    let mut connection = http::Connection::open(address).expect("connect");
+                    for i in 0..per_client {
+                        let path = if i % 10 == 0 { "/ready" } else { "/live" };
+                        assert_eq!(connection.get(path, false).expect("GET"), 200);
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client");
+        }
+    };
+    probe_all(plan.leak_probes / 10);
+    let warm_kib = gateway.status_kib("VmRSS");
+    probe_all(plan.leak_probes);
+    let after_kib = gateway.status_kib("VmRSS");
+    Memory {
+        idle_kib,
+        peak_kib,
+        warm_kib,
+        after_kib,
+        probes: plan.leak_probes,
+        threads,
+    }
+}
+
+/// Process start to the first `200` from `/healthz`.
+fn startup(binary: &Path, plan: &Plan) -> Samples {
+    let agent = QemuGa::start();
+    let mut samples = Samples::default();
+    for _ in 0..plan.startups {
+        let (gateway, took) = Gateway::start_timed(binary, CONFIG, &agent.socket(), None);
+        samples.push(took);
+        drop(gateway);
+    }
+    samples
+}
+
+fn pin_self(core: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(core).expect("cpu set");
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin the bench");
+}
+
+fn unpin_self(cores: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    for core in 0..cores {
+        let _ = set.set(core);
+    }
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("unpin the bench");
+}
+
+fn machine(report: &mut String, binary: &Path) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let qga = Command::new(
+        ["/usr/sbin/qemu-ga", "/usr/bin/qemu-ga"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("qemu-ga"),
+    )
+    .arg("--version")
+    .output()
+    .map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+    .unwrap_or_default();
+    let _ = writeln!(report, "## Run\n");
+    let _ = writeln!(report, "- CPU: {cpu}, {cores} cores available");
+    let _ = writeln!(report, "- Linux {}", kernel.trim());
+    let _ = writeln!(report, "- {}", qga.trim());
+    let _ = writeln!(report, "- Gateway: `{}`", binary.display());
+}
+
+fn latency_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
+    let _ = writeln!(report, "\n## Latency per probe\n");
+    let _ = writeln!(
+        report,
+        "| Path | Placement | p50 | p99 | p50 ÷ floor | p50 − floor |"
+    );
+    let _ = writeln!(report, "|---|---|---:|---:|---:|---:|");
+    for (placement, pass) in passes(unpinned, pinned) {
+        let floor = pass.ping.p50();
+        let mut row = |path: &str, samples: &Samples, floor: Duration| {
+            let over = samples.p50().saturating_sub(floor);
+            let _ = writeln!(
+                report,
+                "| {path} | {placement} | {} | {} | {} | {} |",
+                us(samples.p50()),
+                us(samples.p99()),
+                ratio(samples.p50(), floor),
+                us(over)
+            );
+        };
+        row("raw `guest-ping` (floor)", &pass.ping, floor);
+        row("`GET /live`, keep-alive", &pass.live_keep_alive, floor);
+        row(
+            "`GET /live`, new connection each",
+            &pass.live_new_connection,
+            floor,
+        );
+        row(
+            "process per probe (`check liveness`)",
+            &pass.process_wall,
+            floor,
+        );
+        let exec_floor = pass.exec_raw.p50();
+        row(
+            "raw `guest-exec` + status of `true` (exec floor)",
+            &pass.exec_raw,
+            exec_floor,
+        );
+        row(
+            "`GET /ready` (exec `true`), keep-alive",
+            &pass.exec_gateway,
+            exec_floor,
+        );
+    }
+}
+
+fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
+    let _ = writeln!(report, "\n## CPU per probe\n");
+    let _ = writeln!(
+        report,
+        "| Placement | process per probe | gateway, new connection | gateway, keep-alive | process ÷ gateway (new connection) |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|");
+    for (placement, pass) in passes(unpinned, pinned) {
+        let _ = writeln!(
+            report,
+            "| {placement} | {} | {} | {} | {:.0}× |",
+            us(Duration::from_nanos(pass.process_cpu as u64)),
+            us(Duration::from_nanos(pass.cpu_new_connection as u64)),
+            us(Duration::from_nanos(pass.cpu_keep_alive as u64)),
+            pass.process_cpu / pass.cpu_new_connection.max(1.0)
+        );
+    }
+}
+
+fn load_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
+    let _ = writeln!(
+        report,
+        "\n## Load: kubelet-like clients on `/live`, a new connection per probe\n"
+    );
+    let _ = writeln!(
+        report,
+        "| Placement | clients | requests/s | p50 | p99 | errors | gateway CPU | `guest-ping` per request |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (placement, pass) in passes(unpinned, pinned) {
+        for load in &pass.load {
+            let _ = writeln!(
+                report,
+                "| {placement} | {} | {:.0} | {} | {} | {} | {:.0}% | {:.3} |",
+                load.clients,
+                load.requests as f64 / load.elapsed.as_secs_f64(),
+                us(load.latency.p50()),
+                us(load.latency.p99()),
+                load.errors,
+                load.cpu_share * 100.0,
+                load.pings_per_request
+            );
+        }
+    }
+}
+
+fn footprint_table(report: &mut String, memory: &Memory, startup: &Samples, binary: &Path) {
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    let size = std::fs::metadata(binary).map_or(0, |m| m.len());
+    let _ = writeln!(report, "\n## Footprint\n");
+    let _ = writeln!(report, "| Measure | Value |");
+    let _ = writeln!(report, "|---|---:|");
+    let _ = writeln!(
+        report,
+        "| RSS idle after start | {} |",
+        mib(memory.idle_kib)
+    );
+    let _ = writeln!(
+        report,
+        "| RSS peak (VmHWM) after 100 clients | {} |",
+        mib(memory.peak_kib)
+    );
+    let _ = writeln!(
+        report,
+        "| RSS after a warm-up of {} probes | {} |",
+        memory.probes / 10,
+        mib(memory.warm_kib)
+    );
+    let _ = writeln!(
+        report,
+        "| RSS after {} more probes | {} ({:+} KiB) |",
+        memory.probes,
+        mib(memory.after_kib),
+        memory.after_kib as i64 - memory.warm_kib as i64
+    );
+    let _ = writeln!(report, "| Threads | {} |", memory.threads);
+    let _ = writeln!(
+        report,
+        "| Start-up to first `200` from `/healthz` | p50 {}, max {} |",
+        ms(startup.p50()),
+        ms(startup.quantile(1.0))
+    );
+    let _ = writeln!(
+        report,
+        "| Release binary (stripped) | {:.1} MiB |",
+        size as f64 / 1048576.0
+    );
+}
+
+fn passes<'a>(unpinned: &'a Pass, pinned: Option<&'a Pass>) -> Vec<(&'static str, &'a Pass)> {
+    let mut all = vec![("unpinned", unpinned)];
+    if let Some(pinned) = pinned {
+        all.push(("pinned", pinned));
+    }
+    all
+}
