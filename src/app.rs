@@ -84,6 +84,7 @@ impl Application {
         })?;
         let metrics = Arc::new(Metrics::new());
         let shutdown_grace = settings.shutdown_grace;
+        let http_workers = settings.http_workers;
         // Watch before serving: a change from now on is seen.
         let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.clone()));
         let idle_hangup = match reloads {
@@ -96,7 +97,7 @@ impl Application {
         let waits = hook_mode
             .as_ref()
             .is_some_and(|mode| mode.setup.checks_from_vmi);
-        let checks = Arc::new(ChecksInForce::new(None, WAITING_FOR_DEFINITION));
+        let checks = Arc::new(ChecksInForce::new(WAITING_FOR_DEFINITION));
         // Put in force by the HTTP worker as it starts, before it serves: the agent client
         // then runs on the worker's thread (see ChecksInForce::settle_on_this_runtime).
         let initial = Arc::new(std::sync::Mutex::new((!waits).then_some(settings)));
@@ -125,16 +126,14 @@ impl Application {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
             if let Some(settings) = settings {
-                worker_checks.replace(CheckSet::start(settings, &worker_metrics));
+                worker_checks.start_unless_in_force(|| CheckSet::start(settings, &worker_metrics));
             }
             App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(http::count_requests))
                 .configure(http::configure)
         })
-        // Probes are light and every handler awaits the agent task: one worker thread
-        // serves them all and keeps the sidecar small.
-        .workers(1)
+        .workers(http_workers)
         .max_connections(1024)
         .disable_signals()
         .shutdown_timeout(shutdown_grace.as_secs())

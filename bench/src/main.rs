@@ -66,13 +66,17 @@ fn main() {
     let mut binary = PathBuf::from("target/release/virt-probe-gateway");
     let mut out = None;
     let mut plan = &FULL;
+    let mut baseline = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--binary" => binary = args.next().expect("--binary PATH").into(),
             "--out" => out = Some(PathBuf::from(args.next().expect("--out PATH"))),
             "--quick" => plan = &QUICK,
-            other => panic!("unknown argument {other}; use --binary PATH --out PATH --quick"),
+            "--baseline" => baseline = Some(PathBuf::from(args.next().expect("--baseline PATH"))),
+            other => panic!(
+                "unknown argument {other}; use --binary PATH --out PATH --quick --baseline PATH"
+            ),
         }
     }
     let binary =
@@ -99,6 +103,10 @@ fn main() {
     cost_table(&mut report, &unpinned, pinned.as_ref());
     load_table(&mut report, &unpinned, pinned.as_ref());
     footprint_table(&mut report, &memory, &startup, &binary);
+    if let Some(baseline) = baseline {
+        eprintln!("bench: against the baseline {}", baseline.display());
+        baseline_table(&mut report, &baseline, &binary, plan);
+    }
     let _ = writeln!(
         report,
         "\nThe run took {:.0} s.",
@@ -552,6 +560,50 @@ fn footprint_table(report: &mut String, memory: &Memory, startup: &Samples, bina
         report,
         "| Release binary (stripped) | {:.1} MiB |",
         size as f64 / 1048576.0
+    );
+}
+
+/// The same unpinned pass of `baseline` and `binary`, back to back, twice (A/B/A/B):
+/// a before and after of a change, in one run.
+fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Plan) {
+    let runs: Vec<(&str, Pass)> = [
+        (baseline, "before"),
+        (binary, "after"),
+        (baseline, "before"),
+        (binary, "after"),
+    ]
+    .into_iter()
+    .map(|(path, label)| (label, run_pass(path, plan, None)))
+    .collect();
+    let _ = writeln!(
+        report,
+        "\n## Before and after (unpinned, A/B/A/B in one run)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| Binary | floor p50 | keep-alive p50 (÷ floor) | new connection p50 (÷ floor) | CPU per probe, keep-alive | CPU per probe, new connection |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|");
+    for (label, pass) in &runs {
+        let floor = pass.ping.p50();
+        let _ = writeln!(
+            report,
+            "| {label} | {} | {} ({}) | {} ({}) | {} | {} |",
+            us(floor),
+            us(pass.live_keep_alive.p50()),
+            ratio(pass.live_keep_alive.p50(), floor),
+            us(pass.live_new_connection.p50()),
+            ratio(pass.live_new_connection.p50(), floor),
+            us(Duration::from_nanos(pass.cpu_keep_alive as u64)),
+            us(Duration::from_nanos(pass.cpu_new_connection as u64)),
+        );
+    }
+    let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1048576.0;
+    let _ = writeln!(
+        report,
+        "\nBinary size: before {:.1} MiB, after {:.1} MiB.",
+        size(baseline),
+        size(binary)
     );
 }
 

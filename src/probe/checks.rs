@@ -8,8 +8,12 @@ use super::report::{CheckResult, ExecDetails, signal_name};
 use crate::agent::{AgentError, ExecStatus, GuestAgent};
 use crate::config::{ExecCommand, ProbeKind};
 
-/// Status polls of a running guest process start fast and back off to this interval.
+/// Status polls of a running guest process: every [`POLL_FIRST`] for the first
+/// [`FAST_POLLS`] (a probe command usually exits within a few milliseconds, and each poll
+/// found too late adds its whole interval to the probe), then doubling up to [`POLL_MAX`]
+/// (a slow command costs the guest few polls). tokio's timer ticks in milliseconds.
 const POLL_FIRST: Duration = Duration::from_millis(1);
+const FAST_POLLS: u32 = 5;
 const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What a check found, before it becomes a [`super::ProbeReport`].
@@ -80,6 +84,7 @@ pub async fn exec(
         Err(error) => return Outcome::from_agent_error(&error, timeout),
     };
     let mut delay = POLL_FIRST;
+    let mut polls = 0;
     loop {
         match agent.exec_status(pid, deadline).await {
             Ok(status) if status.exited => return exited(status),
@@ -103,7 +108,10 @@ pub async fn exec(
             );
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(POLL_MAX);
+        polls += 1;
+        if polls >= FAST_POLLS {
+            delay = (delay * 2).min(POLL_MAX);
+        }
     }
 }
 

@@ -177,9 +177,10 @@ pub struct ChecksInForce {
 }
 
 impl ChecksInForce {
-    pub fn new(set: Option<CheckSet>, waiting: &'static str) -> ChecksInForce {
+    /// No set in force yet; `waiting` is why, as `/ready` and `/live` say until one is.
+    pub fn new(waiting: &'static str) -> ChecksInForce {
         ChecksInForce {
-            current: RwLock::new(set.map(Arc::new)),
+            current: RwLock::new(None),
             waiting,
             runtime: OnceLock::new(),
         }
@@ -212,6 +213,17 @@ impl ChecksInForce {
     pub fn replace(&self, set: CheckSet) -> Option<Arc<CheckSet>> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         current.replace(Arc::new(set))
+    }
+
+    /// Puts the set `make` builds in force unless one already is (a reload got there
+    /// first). Returns whether it did.
+    pub fn start_unless_in_force(&self, make: impl FnOnce() -> CheckSet) -> bool {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(Arc::new(make()));
+        true
     }
 
     /// Takes the set out of force (at shutdown).
