@@ -6,16 +6,15 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::agent::{AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
 use crate::config::{GatewayFile, Overrides, Settings};
-use crate::http::{self, AppState};
+use crate::http::{AppState, Drained, HttpServer};
 use crate::kubevirt::{HookEvent, HookServer, HookSetup, hook::HookError};
 use crate::metrics::Metrics;
 use crate::probe::{CheckSet, ChecksInForce};
@@ -53,7 +52,7 @@ struct Hook {
 
 /// A built gateway: bound, checks in force or awaited, not yet serving.
 pub struct Application {
-    server: actix_web::dev::Server,
+    server: HttpServer,
     local_addr: SocketAddr,
     checks: Arc<ChecksInForce>,
     metrics: Arc<Metrics>,
@@ -84,7 +83,6 @@ impl Application {
         })?;
         let metrics = Arc::new(Metrics::new());
         let shutdown_grace = settings.shutdown_grace;
-        let http_workers = settings.http_workers;
         // Watch before serving: a change from now on is seen.
         let reloads = config.map(|(source, text)| Reloads::start(source, text, settings.clone()));
         let idle_hangup = match reloads {
@@ -98,9 +96,9 @@ impl Application {
             .as_ref()
             .is_some_and(|mode| mode.setup.checks_from_vmi);
         let checks = Arc::new(ChecksInForce::new(WAITING_FOR_DEFINITION));
-        // Put in force by the HTTP worker as it starts, before it serves: the agent client
-        // then runs on the worker's thread (see ChecksInForce::settle_on_this_runtime).
-        let initial = Arc::new(std::sync::Mutex::new((!waits).then_some(settings)));
+        if !waits {
+            checks.replace(CheckSet::start(settings, &metrics));
+        }
         let hook = match hook_mode {
             Some(HookMode { setup, overrides }) => {
                 let (events_tx, events) = mpsc::unbounded_channel();
@@ -117,32 +115,12 @@ impl Application {
             checks: Arc::clone(&checks),
             metrics: Arc::clone(&metrics),
         });
-        let worker_checks = Arc::clone(&checks);
-        let worker_metrics = Arc::clone(&metrics);
-        let server = HttpServer::new(move || {
-            worker_checks.settle_on_this_runtime();
-            let settings = initial
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            if let Some(settings) = settings {
-                worker_checks.start_unless_in_force(|| CheckSet::start(settings, &worker_metrics));
+        let server = HttpServer::start(listener, state, shutdown_grace).map_err(|source| {
+            StartError::Bind {
+                address: local_addr,
+                source,
             }
-            App::new()
-                .app_data(state.clone())
-                .wrap(actix_web::middleware::from_fn(http::count_requests))
-                .configure(http::configure)
-        })
-        .workers(http_workers)
-        .max_connections(1024)
-        .disable_signals()
-        .shutdown_timeout(shutdown_grace.as_secs())
-        .listen(listener)
-        .map_err(|source| StartError::Bind {
-            address: local_addr,
-            source,
-        })?
-        .run();
+        })?;
         let checks_from = if waits {
             "the VMI, at OnDefineDomain"
         } else {
@@ -186,8 +164,7 @@ impl Application {
             }) => (Some(server), Some(events), overrides),
             None => (None, None, Overrides::default()),
         };
-        let handle = server.handle();
-        let mut serving = tokio::spawn(server);
+        let mut server = server;
         let stop = stop_signal();
         tokio::pin!(stop);
         let mut vm = match hook_server {
@@ -196,15 +173,15 @@ impl Application {
         };
         let reason = loop {
             tokio::select! {
-                result = &mut serving => {
+                result = server.ended() => {
                     close(&checks, hook_server, shutdown_grace).await;
-                    return result.map_err(io::Error::other)?;
+                    return result.map(|_| ());
                 }
                 signal = &mut stop => match signal {
                     Ok(signal) => break signal,
                     Err(error) => {
                         tracing::error!(%error, "cannot wait for signals; stopping");
-                        handle.stop(false).await;
+                        server.abort();
                         close(&checks, hook_server, shutdown_grace).await;
                         return Err(error);
                     }
@@ -245,13 +222,13 @@ impl Application {
             grace_seconds = shutdown_grace.as_secs(),
             "shutting down: draining in-flight requests"
         );
-        let started = Instant::now();
-        handle.stop(true).await;
-        let _ = serving.await;
-        if started.elapsed() >= shutdown_grace && !shutdown_grace.is_zero() {
-            tracing::warn!(
+        match server.stop().await {
+            Ok(Drained::Done) => {}
+            Ok(Drained::GraceElapsed { dropped }) => tracing::warn!(
+                connections = dropped,
                 "shutdown grace elapsed with requests still in flight; they were dropped"
-            );
+            ),
+            Err(error) => tracing::error!(%error, "the HTTP server failed while draining"),
         }
         close(&checks, hook_server, shutdown_grace).await;
         tracing::info!("stopped");
@@ -395,13 +372,14 @@ impl Reloads {
             }
             Err(errors) => {
                 self.rejected = true;
-                metrics.record_reload("rejected");
                 for line in errors.lines() {
                     tracing::error!(
                         error = line,
                         "config reload rejected; the config in force stays"
                     );
                 }
+                // Counted after it is logged: whoever sees the count finds the reasons.
+                metrics.record_reload("rejected");
             }
         }
     }
@@ -458,8 +436,8 @@ async fn put_in_force(
     let current = checks.current().ok();
     let set = match &current {
         Some(current) if current.settings == settings => return "unchanged",
-        Some(current) => checks.on_probe_runtime(|| CheckSet::follow(current, settings, metrics)),
-        None => checks.on_probe_runtime(|| CheckSet::start(settings, metrics)),
+        Some(current) => CheckSet::follow(current, settings, metrics),
+        None => CheckSet::start(settings, metrics),
     };
     let keeps_agent = current
         .as_ref()

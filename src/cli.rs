@@ -78,11 +78,6 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM [default: 5].
     #[arg(long, env = "PROBE_GATEWAY_SHUTDOWN_GRACE", value_name = "SECONDS")]
     pub shutdown_grace: Option<u64>,
-    /// HTTP worker threads, 1 to 64 [default: 1]. The agent client runs on the first; one
-    /// serves kubelet's probes with a 10m CPU request (BENCHMARKS.md).
-    #[arg(long, env = "PROBE_GATEWAY_HTTP_WORKERS", value_name = "COUNT",
-          value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub http_workers: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -150,7 +145,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         agent: args.agent,
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
-        http_workers: args.http_workers.map(usize::from),
         default_agent: None,
     };
     let (file, text) = match &args.config {

@@ -12,10 +12,6 @@ use crate::agent::AgentAddress;
 /// Default for `--shutdown-grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// One HTTP worker thread: probes are light, every handler awaits the agent client (which
-/// runs on that thread), and a sidecar beside every VM must stay small.
-pub const DEFAULT_HTTP_WORKERS: usize = 1;
-
 /// Everything `serve` needs, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -30,8 +26,6 @@ pub struct Settings {
     pub readiness: Option<ProbeSpec>,
     pub liveness: Option<ProbeSpec>,
     pub shutdown_grace: Duration,
-    /// HTTP worker threads (`--http-workers`).
-    pub http_workers: usize,
 }
 
 /// Values given on the command line or in the environment (clap has merged those two).
@@ -40,7 +34,6 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentAddress>,
     pub shutdown_grace: Option<Duration>,
-    pub http_workers: Option<usize>,
     /// The agent when neither a flag nor the file names one (in hook mode, the private
     /// channel).
     pub default_agent: Option<AgentAddress>,
@@ -78,7 +71,6 @@ impl Settings {
             readiness: file.readiness,
             liveness: file.liveness,
             shutdown_grace: overrides.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-            http_workers: overrides.http_workers.unwrap_or(DEFAULT_HTTP_WORKERS),
         })
     }
 

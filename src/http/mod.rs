@@ -19,11 +19,13 @@ pub mod negotiate;
 pub mod openapi;
 pub mod render;
 mod routes;
+pub mod server;
 
 use actix_web::web;
 
 pub use error::{ApiError, ApiErrorResponse};
 pub use routes::{AppState, count_requests};
+pub use server::{Drained, HttpServer};
 
 /// Registers the routes on an actix-web app.
 pub fn configure(config: &mut web::ServiceConfig) {

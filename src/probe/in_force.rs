@@ -3,9 +3,8 @@
 //! whole, so a request always sees one consistent set. In KubeVirt hook mode there is none
 //! until the VM is defined.
 
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport, Probes};
@@ -169,11 +168,6 @@ pub struct ChecksInForce {
     current: RwLock<Option<Arc<CheckSet>>>,
     /// The reason `/ready` and `/live` give while there is no set.
     waiting: &'static str,
-    /// Where the sets' tasks (the agent client, background loops) run: the HTTP worker's
-    /// runtime. A probe then goes from the request to the agent's socket and back on one
-    /// thread; on another, each probe would cost two thread wake-ups, which measured as
-    /// most of the gateway's CPU per probe (BENCHMARKS.md).
-    runtime: OnceLock<Handle>,
 }
 
 impl ChecksInForce {
@@ -182,25 +176,6 @@ impl ChecksInForce {
         ChecksInForce {
             current: RwLock::new(None),
             waiting,
-            runtime: OnceLock::new(),
-        }
-    }
-
-    /// Makes the calling thread's runtime the one new sets run on (the first call wins).
-    /// Must run on a tokio runtime.
-    pub fn settle_on_this_runtime(&self) {
-        let _ = self.runtime.set(Handle::current());
-    }
-
-    /// Runs `make` (which builds a set) with the sets' runtime entered, so that the tasks
-    /// it spawns run there; on the current runtime until one is settled.
-    pub fn on_probe_runtime<T>(&self, make: impl FnOnce() -> T) -> T {
-        match self.runtime.get() {
-            Some(runtime) => {
-                let _entered = runtime.enter();
-                make()
-            }
-            None => make(),
         }
     }
 
@@ -213,17 +188,6 @@ impl ChecksInForce {
     pub fn replace(&self, set: CheckSet) -> Option<Arc<CheckSet>> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         current.replace(Arc::new(set))
-    }
-
-    /// Puts the set `make` builds in force unless one already is (a reload got there
-    /// first). Returns whether it did.
-    pub fn start_unless_in_force(&self, make: impl FnOnce() -> CheckSet) -> bool {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.is_some() {
-            return false;
-        }
-        *current = Some(Arc::new(make()));
-        true
     }
 
     /// Takes the set out of force (at shutdown).
