@@ -147,7 +147,7 @@ impl Application {
     /// Serves until SIGTERM, SIGINT or KubeVirt's Shutdown hook, then shuts down gracefully.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Application {
-            server,
+            mut server,
             checks,
             metrics,
             hook,
@@ -164,7 +164,6 @@ impl Application {
             }) => (Some(server), Some(events), overrides),
             None => (None, None, Overrides::default()),
         };
-        let mut server = server;
         let stop = stop_signal();
         tokio::pin!(stop);
         let mut vm = match hook_server {

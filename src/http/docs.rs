@@ -16,7 +16,6 @@ const INDEX: &str = r#"<!DOCTYPE html>
     <link rel="stylesheet" type="text/css" href="./swagger-ui.css" />
     <link rel="stylesheet" type="text/css" href="./index.css" />
     <link rel="icon" type="image/png" href="./favicon-32x32.png" sizes="32x32" />
-    <link rel="icon" type="image/png" href="./favicon-16x16.png" sizes="16x16" />
   </head>
   <body>
     <div id="swagger-ui"></div>

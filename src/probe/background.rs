@@ -106,9 +106,8 @@ fn seconds(count: u32) -> Duration {
 
 /// One probe run by the gateway's own loop. Dropping it stops the loop.
 pub struct BackgroundProbe {
-    kind: ProbeKind,
+    /// Runs the check; its spec is the loop's schedule.
     checker: Arc<Checker>,
-    spec: ProbeSpec,
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
 }
@@ -122,26 +121,22 @@ impl Drop for BackgroundProbe {
 impl BackgroundProbe {
     /// Starts the loop of `checker`'s probe in kubelet's initial state. Must run on a tokio
     /// runtime.
-    pub fn start(checker: Arc<Checker>, spec: ProbeSpec) -> BackgroundProbe {
+    pub fn start(checker: Arc<Checker>) -> BackgroundProbe {
         let anchor = Anchor::Started(Instant::now());
         let shared = Shared {
             state: ThresholdState::initial(checker.kind()),
             last: None,
-            due: anchor.next_due(&spec),
+            due: anchor.next_due(checker.spec()),
             anchor,
         };
-        BackgroundProbe::spawn(checker, spec, shared)
+        BackgroundProbe::spawn(checker, shared)
     }
 
     /// Starts the loop of `checker`'s probe where `previous` (the same check of the config
     /// before a reload) left off: its counts, its state and its latest result stay, and the
-    /// next check is due on `spec`'s schedule counted from the previous one, so a reload
+    /// next check is due on the new schedule counted from the previous one, so a reload
     /// neither resets readiness to failing nor waits `initialDelaySeconds` again.
-    pub fn resume(
-        previous: &BackgroundProbe,
-        checker: Arc<Checker>,
-        spec: ProbeSpec,
-    ) -> BackgroundProbe {
+    pub fn resume(previous: &BackgroundProbe, checker: Arc<Checker>) -> BackgroundProbe {
         let shared = {
             let old = previous
                 .shared
@@ -150,40 +145,30 @@ impl BackgroundProbe {
             Shared {
                 state: old.state.clone(),
                 last: old.last.clone(),
-                due: old.anchor.next_due(&spec),
+                due: old.anchor.next_due(checker.spec()),
                 anchor: old.anchor,
             }
         };
-        BackgroundProbe::spawn(checker, spec, shared)
+        BackgroundProbe::spawn(checker, shared)
     }
 
-    fn spawn(checker: Arc<Checker>, spec: ProbeSpec, shared: Shared) -> BackgroundProbe {
+    fn spawn(checker: Arc<Checker>, shared: Shared) -> BackgroundProbe {
         let shared = Arc::new(Mutex::new(shared));
-        let task = tokio::spawn(run_loop(
-            Arc::clone(&checker),
-            spec.clone(),
-            Arc::clone(&shared),
-        ));
+        let task = tokio::spawn(run_loop(Arc::clone(&checker), Arc::clone(&shared)));
         BackgroundProbe {
-            kind: checker.kind(),
             checker,
-            spec,
             shared,
             task,
         }
     }
 
     pub fn kind(&self) -> ProbeKind {
-        self.kind
+        self.checker.kind()
     }
 
     /// The checker the loop runs.
     pub fn checker(&self) -> &Arc<Checker> {
         &self.checker
-    }
-
-    pub fn spec(&self) -> &ProbeSpec {
-        &self.spec
     }
 
     /// The probe's current state as a report: the latest check's details, the verdict of
@@ -192,7 +177,7 @@ impl BackgroundProbe {
         let now = Instant::now();
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         let overdue = now.saturating_duration_since(shared.due);
-        let stale = overdue > self.spec.timeout + STALE_MARGIN;
+        let stale = overdue > self.checker.spec().timeout + STALE_MARGIN;
         let mut report = match &shared.last {
             Some(last) => ProbeReport::clone(last),
             None => self.no_result_yet(shared.state.passing),
@@ -208,24 +193,25 @@ impl BackgroundProbe {
                 "stale: the check due {:.1}s ago has not reported (timeoutSeconds {}); the \
                  gateway's check loop is stuck",
                 overdue.as_secs_f64(),
-                self.spec.timeout.as_secs()
+                self.checker.spec().timeout.as_secs()
             ))
         } else {
             match (last_passed, state.passing) {
                 (None, _) => Some(format!(
                     "no result yet: the first check is due in {:.1}s (initialDelaySeconds {})",
                     shared.due.saturating_duration_since(now).as_secs_f64(),
-                    self.spec.initial_delay_seconds
+                    self.checker.spec().initial_delay_seconds
                 )),
                 (Some(false), true) => Some(format!(
                     "{} (failure {} of failureThreshold {}: still passing)",
                     report.reason_line(),
                     state.consecutive_failures,
-                    self.spec.failure_threshold
+                    self.checker.spec().failure_threshold
                 )),
                 (Some(true), false) => Some(format!(
                     "passed {} of successThreshold {} times in a row: still failing",
-                    state.consecutive_successes, self.spec.success_threshold
+                    state.consecutive_successes,
+                    self.checker.spec().success_threshold
                 )),
                 _ => report.reason.take(),
             }
@@ -243,7 +229,7 @@ impl BackgroundProbe {
     /// The report before the first result: kubelet's initial state.
     fn no_result_yet(&self, passing: bool) -> ProbeReport {
         ProbeReport {
-            probe: self.kind,
+            probe: self.kind(),
             handler: self.checker.handler(),
             result: if passing {
                 CheckResult::Success
@@ -262,7 +248,8 @@ impl BackgroundProbe {
 
 /// Runs the check every `periodSeconds` (measured from the start of the previous one; a
 /// check that overruns the period is followed at once), after `initialDelaySeconds`.
-async fn run_loop(checker: Arc<Checker>, spec: ProbeSpec, shared: Arc<Mutex<Shared>>) {
+async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<Shared>>) {
+    let spec = checker.spec();
     let mut due = shared.lock().unwrap_or_else(PoisonError::into_inner).due;
     loop {
         sleep_until(due).await;
@@ -273,7 +260,7 @@ async fn run_loop(checker: Arc<Checker>, spec: ProbeSpec, shared: Arc<Mutex<Shar
         // In its own task (single flight): stopping this loop (a reload replaced the
         // checks) never cancels a check midway and loses track of its guest process.
         let report = checker.check().await;
-        due = Anchor::Checked(started).next_due(&spec);
+        due = Anchor::Checked(started).next_due(spec);
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let flipped = shared.state.record(
             report.result == CheckResult::Success,
@@ -417,15 +404,19 @@ mod tests {
             }
         }
 
-        fn probe(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> BackgroundProbe {
+        /// A checker of `spec` against a scripted agent.
+        fn checker(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> Arc<Checker> {
             let metrics = Arc::new(Metrics::new());
             let agent = GuestAgent::spawn(
                 Scripted(Arc::new(Mutex::new(script.iter().copied().collect()))),
                 1024,
                 Arc::clone(&metrics),
             );
-            let checker = Checker::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics);
-            BackgroundProbe::start(checker, spec.clone())
+            Checker::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics)
+        }
+
+        fn probe(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> BackgroundProbe {
+            BackgroundProbe::start(checker(kind, spec, script))
         }
 
         /// The verdict at each period, sampled halfway between checks.
@@ -504,7 +495,10 @@ mod tests {
                 failure_threshold: 5,
                 ..spec
             };
-            let resumed = BackgroundProbe::resume(&probe, Arc::clone(probe.checker()), changed);
+            let resumed = BackgroundProbe::resume(
+                &probe,
+                checker(ProbeKind::Readiness, &changed, &[true; 3]),
+            );
             drop(probe);
             let count = |probe: &BackgroundProbe| {
                 let report = probe.report();

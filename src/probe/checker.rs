@@ -90,6 +90,10 @@ impl Checker {
         self.spec.handler.name()
     }
 
+    pub fn spec(&self) -> &ProbeSpec {
+        &self.spec
+    }
+
     pub fn timeout(&self) -> Duration {
         self.spec.timeout
     }

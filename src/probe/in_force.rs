@@ -107,17 +107,18 @@ impl CheckSet {
                 .into_iter()
                 .filter_map(|kind| {
                     let checker = probes.get(kind)?;
-                    let spec = settings.probe(kind)?;
                     let before = before.and_then(|before| before.set.background_probe(kind));
                     Some(match before {
-                        // The same checker runs the same spec: the same loop.
+                        // The same checker: the same spec, the same loop.
                         Some(before) if Arc::ptr_eq(before.checker(), checker) => {
                             Arc::clone(before)
                         }
-                        Some(before) if before.spec().handler == spec.handler => Arc::new(
-                            BackgroundProbe::resume(before, Arc::clone(checker), spec.clone()),
-                        ),
-                        _ => Arc::new(BackgroundProbe::start(Arc::clone(checker), spec.clone())),
+                        Some(before)
+                            if before.checker().spec().handler == checker.spec().handler =>
+                        {
+                            Arc::new(BackgroundProbe::resume(before, Arc::clone(checker)))
+                        }
+                        _ => Arc::new(BackgroundProbe::start(Arc::clone(checker))),
                     })
                 })
                 .collect(),

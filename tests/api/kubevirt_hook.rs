@@ -622,15 +622,11 @@ async fn a_reload_to_the_vms_vsock_after_the_definition_takes_the_cid_of_the_vmi
     let hooked = HookedWithConfig::start(READY_BY_PING);
     hooked.define_with_cid(5);
     hooked.update(&format!("agent: \"vsock://vmi:1234\"\n{READY_BY_PING}"));
-    eventually("the reload", Duration::from_secs(5), || async {
-        hooked
-            .hooked
-            .gateway
-            .metric("probe_gateway_config_reloads_total{result=\"applied\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    hooked
+        .hooked
+        .gateway
+        .await_config_reloads("applied", 1.0)
+        .await;
     let ready = hooked.ready().await;
     assert!(ready.contains("vsock://5:1234"), "{ready}");
 }

@@ -110,34 +110,15 @@ async fn the_gateway_serves_on_one_thread_beside_its_config_watch() {
     let agent = QemuGa::start();
     let gateway = Gateway::start("livenessProbe:\n  guestAgentPing: {}\n", agent.socket());
     // Concurrent probes on their own connections are all served, by the one thread.
-    let replies = concurrent_lives(&gateway, 12).await;
-    assert!(replies.iter().all(|&status| status == 200), "{replies:?}");
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let url = gateway.url("/live");
+        requests.spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    }
+    let replies = requests.join_all().await;
+    assert!(replies.iter().all(|s| matches!(s, Ok(200))), "{replies:?}");
     let mut names = thread_names(&gateway);
     names.sort();
     // The main thread keeps the binary's name (cut to 15 bytes); inotify's is notify's.
     assert_eq!(names, ["notify-rs inoti", "virt-probe-gate"], "{names:?}");
-}
-
-/// `count` concurrent `GET /live`, each on its own connection.
-async fn concurrent_lives(gateway: &Gateway, count: usize) -> Vec<u16> {
-    let mut tasks = Vec::new();
-    for _ in 0..count {
-        let url = gateway.url("/live");
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client");
-            client
-                .get(&url)
-                .send()
-                .await
-                .map_or(0, |r| r.status().as_u16())
-        }));
-    }
-    let mut statuses = Vec::new();
-    for task in tasks {
-        statuses.push(task.await.expect("request task"));
-    }
-    statuses
 }

@@ -71,14 +71,6 @@ impl Reloadable {
     }
 }
 
-async fn reloads(gateway: &Gateway, result: &str) -> f64 {
-    gateway
-        .metric(&format!(
-            "probe_gateway_config_reloads_total{{result=\"{result}\"}}"
-        ))
-        .await
-}
-
 #[tokio::test]
 async fn a_configmap_update_is_picked_up_without_a_restart() {
     let Reloadable {
@@ -97,7 +89,7 @@ async fn a_configmap_update_is_picked_up_without_a_restart() {
     )
     .await;
     assert_eq!(gateway.pid(), pid);
-    assert_eq!(reloads(&gateway, "applied").await, 1.0);
+    assert_eq!(gateway.config_reloads("applied").await, 1.0);
     assert!(
         gateway
             .logs()
@@ -119,12 +111,7 @@ async fn an_invalid_config_is_rejected_with_validates_errors_and_the_old_one_sta
 
     let bad = "readinessProbe:\n  exec:\n    command: []\n  timeoutSeconds: 0\n";
     volume.update(bad);
-    eventually(
-        "the rejection is counted",
-        Duration::from_secs(5),
-        || async { reloads(&gateway, "rejected").await == 1.0 },
-    )
-    .await;
+    gateway.await_config_reloads("rejected", 1.0).await;
     assert_eq!(
         gateway.get("/ready").await.status,
         200,
@@ -181,10 +168,7 @@ async fn sighup_rereads_the_file() {
     } = Reloadable::start(&exec("\"true\""));
     assert_eq!(gateway.get("/healthz").await.status, 200);
     gateway.signal(Signal::SIGHUP);
-    eventually("the forced reload", Duration::from_secs(5), || async {
-        reloads(&gateway, "unchanged").await == 1.0
-    })
-    .await;
+    gateway.await_config_reloads("unchanged", 1.0).await;
     assert_eq!(gateway.get("/ready").await.status, 200);
 }
 
@@ -211,8 +195,8 @@ async fn a_listen_change_is_logged_as_needing_a_restart() {
     );
     assert_eq!(
         (
-            reloads(&gateway, "unchanged").await,
-            reloads(&gateway, "applied").await
+            gateway.config_reloads("unchanged").await,
+            gateway.config_reloads("applied").await
         ),
         (1.0, 0.0),
         "a listen change alone leaves the checks as they are"
@@ -244,7 +228,7 @@ async fn requests_during_reloads_are_all_answered() {
         volume.update(&exec(command));
         let applied = f64::from(i + 1);
         eventually("the reload", Duration::from_secs(5), || async {
-            reloads(&gateway, "applied").await >= applied
+            gateway.config_reloads("applied").await >= applied
         })
         .await;
     }
@@ -282,40 +266,33 @@ async fn a_reload_keeps_the_state_of_a_background_check_it_does_not_change() {
     })
     .await;
 
-    // Another exposeOutput: the same check, the same loop.
-    volume.update(&background(3, "exposeOutput: true\n"));
-    eventually("the reload", Duration::from_secs(5), || async {
-        reloads(&gateway, "applied").await == 1.0
-    })
-    .await;
-    let (status, successes) = consecutive_successes(&gateway).await;
-    assert_eq!(status, 200, "readiness is not reset to failing");
-    assert!(successes >= 3, "the count goes on: {successes}");
-
-    // Another threshold: a new loop that resumes the state and the counts (a reset
-    // would fail readiness, kubelet's initial state, for four periods).
-    volume.update(&background(4, "exposeOutput: true\n"));
-    eventually("the second reload", Duration::from_secs(5), || async {
-        reloads(&gateway, "applied").await == 2.0
-    })
-    .await;
-    let (status, resumed) = consecutive_successes(&gateway).await;
-    assert_eq!(status, 200, "readiness is not reset to failing");
-    assert!(resumed >= successes, "{resumed} < {successes}");
-
-    // Another output excerpt size: a new agent client on the same address, and still the
-    // same state.
-    volume.update(&background(
-        4,
-        "exposeOutput: true\noutputExcerptBytes: 2048\n",
-    ));
-    eventually("the third reload", Duration::from_secs(5), || async {
-        reloads(&gateway, "applied").await == 3.0
-    })
-    .await;
-    let (status, kept) = consecutive_successes(&gateway).await;
-    assert_eq!(status, 200, "readiness is not reset to failing");
-    assert!(kept >= resumed, "{kept} < {resumed}");
+    let changes = [
+        // Another exposeOutput: the same check, the same loop.
+        background(3, "exposeOutput: true\n"),
+        // Another threshold: a new loop that resumes the state and the counts (a reset
+        // would fail readiness, kubelet's initial state, for four periods).
+        background(4, "exposeOutput: true\n"),
+        // Another output excerpt size: a new agent client on the same address, and
+        // still the same state.
+        background(4, "exposeOutput: true\noutputExcerptBytes: 2048\n"),
+    ];
+    let mut before = 3;
+    for (applied, config) in (1..).zip(changes) {
+        volume.update(&config);
+        gateway
+            .await_config_reloads("applied", f64::from(applied))
+            .await;
+        let (status, successes) = consecutive_successes(&gateway).await;
+        assert_eq!(
+            status, 200,
+            "reload {applied}: readiness is not reset to failing"
+        );
+        assert!(
+            successes >= before,
+            "reload {applied}: the count goes on: {successes} < {before}"
+        );
+        before = successes;
+    }
 }
 
 #[tokio::test]
@@ -326,10 +303,7 @@ async fn a_reload_to_the_vmis_vsock_outside_hook_mode_is_rejected_naming_why() {
     let gateway = Gateway::start_file(&volume.path(), &[]);
     assert_eq!(gateway.get("/ready").await.status, 200);
     volume.update(&in_file("vsock://vmi:1234"));
-    eventually("the rejection", Duration::from_secs(5), || async {
-        reloads(&gateway, "rejected").await == 1.0
-    })
-    .await;
+    gateway.await_config_reloads("rejected", 1.0).await;
     eventually("the reason in the log", Duration::from_secs(5), || async {
         gateway.logs().iter().any(|e| {
             e["error"].as_str().is_some_and(|error| {

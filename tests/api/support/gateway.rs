@@ -201,6 +201,23 @@ impl Gateway {
     }
 
     /// Log events so far.
+    /// Config reloads that ended in `result` (`applied`, `unchanged`, `rejected`).
+    pub async fn config_reloads(&self, result: &str) -> f64 {
+        self.metric(&format!(
+            "probe_gateway_config_reloads_total{{result=\"{result}\"}}"
+        ))
+        .await
+    }
+
+    /// Waits until exactly `count` config reloads have ended in `result`.
+    pub async fn await_config_reloads(&self, result: &str, count: f64) {
+        let what = format!("{count} config reloads {result}");
+        crate::support::eventually(&what, Duration::from_secs(5), || async {
+            self.config_reloads(result).await == count
+        })
+        .await;
+    }
+
     pub fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()
     }
