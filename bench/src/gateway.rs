@@ -1,5 +1,5 @@
 //! The gateway under test: the release binary as it ships, in its own process, and what
-//! `/proc` says of it.
+//! `/proc` says of it; or, measured the same way, the bench's ideal relay.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,14 +33,7 @@ impl Gateway {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, config).expect("write config");
         let address = free_address();
-        let mut command = match core {
-            Some(core) => {
-                let mut taskset = Command::new("taskset");
-                taskset.args(["-c", &core.to_string()]).arg(binary);
-                taskset
-            }
-            None => Command::new(binary),
-        };
+        let mut command = pinned(binary, core);
         command
             .arg("serve")
             .arg("--config")
@@ -49,11 +42,29 @@ impl Gateway {
             .arg(agent)
             .arg("--listen")
             .arg(address.to_string())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("RUST_LOG", "info");
+        Gateway::spawn(command, address, dir)
+    }
+
+    /// The bench's own ideal relay ([`crate::relay`]) against the agent at `agent`, in its
+    /// own process like the gateway, so that it is measured the same way.
+    pub fn start_relay(agent: &Path, core: Option<usize>) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let address = free_address();
+        let mut command = pinned(&std::env::current_exe().expect("the bench binary"), core);
+        command.arg("relay").arg(address.to_string()).arg(agent);
+        Gateway::spawn(command, address, dir).0
+    }
+
+    /// Spawns `command`, which serves `address`, and waits for its first `200`.
+    fn spawn(
+        mut command: Command,
+        address: SocketAddr,
+        dir: tempfile::TempDir,
+    ) -> (Gateway, Duration) {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
         let started = Instant::now();
-        let child = command.spawn().expect("start the gateway");
+        let child = command.spawn().expect("start the server under test");
         let gateway = Gateway {
             child,
             address,
@@ -65,7 +76,7 @@ impl Gateway {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "the gateway did not serve /healthz"
+                "the server under test did not serve /healthz"
             );
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -121,6 +132,18 @@ impl Drop for Gateway {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// `program`, on `core` when given (through `taskset`).
+fn pinned(program: &Path, core: Option<usize>) -> Command {
+    match core {
+        Some(core) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &core.to_string()]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
     }
 }
 

@@ -11,6 +11,7 @@
 mod agent;
 mod gateway;
 mod http;
+mod relay;
 mod stats;
 
 use std::fmt::Write as _;
@@ -63,6 +64,15 @@ const QUICK: Plan = Plan {
 };
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("relay") {
+        let mut args = std::env::args().skip(2);
+        let listen = args.next().and_then(|a| a.parse().ok());
+        let agent = args.next();
+        let (Some(listen), Some(agent)) = (listen, agent) else {
+            panic!("usage: gateway-bench relay LISTEN_ADDRESS AGENT_SOCKET");
+        };
+        relay::serve(listen, Path::new(&agent));
+    }
     let mut binary = PathBuf::from("target/release/virt-probe-gateway");
     let mut out = None;
     let mut plan = &FULL;
@@ -122,17 +132,60 @@ fn main() {
 /// What one pass measures, with everything placed one way (pinned or not).
 struct Pass {
     ping: Samples,
-    live_keep_alive: Samples,
-    live_new_connection: Samples,
-    /// Gateway CPU per probe, ns: over one keep-alive connection, and a connection each.
-    cpu_keep_alive: f64,
-    cpu_new_connection: f64,
+    /// `GET /live` through the gateway.
+    gateway: Through,
+    /// The same through the bench's ideal relay ([`relay`]).
+    relay: Through,
     process_wall: Samples,
     /// CPU (user + sys) per spawned `check`, ns.
     process_cpu: f64,
     exec_raw: Samples,
     exec_gateway: Samples,
     load: Vec<Load>,
+}
+
+/// Sequential `GET /live` through a server in the path: latency and the server's CPU.
+struct Through {
+    keep_alive: Samples,
+    new_connection: Samples,
+    /// The server's CPU per probe, ns: over one keep-alive connection, and a connection
+    /// each.
+    cpu_keep_alive: f64,
+    cpu_new_connection: f64,
+}
+
+/// `GET /live` one at a time through `server`: over one keep-alive connection, then on a
+/// new connection each, as kubelet does.
+fn through(server: &Gateway, plan: &Plan) -> Through {
+    let (keep_alive, cpu_keep_alive) = {
+        let mut connection = http::Connection::open(server.address).expect("connect");
+        let mut get = || assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
+        for _ in 0..plan.keep_alive / 10 {
+            get();
+        }
+        let cpu = server.cpu_ns();
+        let samples = timed(0, plan.keep_alive, get);
+        let per_probe = (server.cpu_ns() - cpu) as f64 / plan.keep_alive as f64;
+        (samples, per_probe)
+    };
+    let (new_connection, cpu_new_connection) = {
+        let get = || {
+            assert_eq!(
+                http::get_once(server.address, "/live").expect("GET /live"),
+                200
+            )
+        };
+        let cpu = server.cpu_ns();
+        let samples = timed(plan.new_connection / 10, plan.new_connection, get);
+        let count = plan.new_connection + plan.new_connection / 10;
+        (samples, (server.cpu_ns() - cpu) as f64 / count as f64)
+    };
+    Through {
+        keep_alive,
+        new_connection,
+        cpu_keep_alive,
+        cpu_new_connection,
+    }
 }
 
 struct Load {
@@ -158,28 +211,11 @@ fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
         raw.close();
         samples
     };
-    let (live_keep_alive, cpu_keep_alive) = {
-        let mut connection = http::Connection::open(gateway.address).expect("connect");
-        let mut get = || assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
-        for _ in 0..plan.keep_alive / 10 {
-            get();
-        }
-        let cpu = gateway.cpu_ns();
-        let samples = timed(0, plan.keep_alive, get);
-        let per_probe = (gateway.cpu_ns() - cpu) as f64 / plan.keep_alive as f64;
-        (samples, per_probe)
-    };
-    let (live_new_connection, cpu_new_connection) = {
-        let get = || {
-            assert_eq!(
-                http::get_once(gateway.address, "/live").expect("GET /live"),
-                200
-            )
-        };
-        let cpu = gateway.cpu_ns();
-        let samples = timed(plan.new_connection / 10, plan.new_connection, get);
-        let count = plan.new_connection + plan.new_connection / 10;
-        (samples, (gateway.cpu_ns() - cpu) as f64 / count as f64)
+    let through_gateway = through(&gateway, plan);
+    let through_relay = {
+        let agent = QemuGa::start();
+        let relay = Gateway::start_relay(&agent.socket(), gateway_core);
+        through(&relay, plan)
     };
     let (process_wall, process_cpu) = process_per_probe(binary, &free.socket(), plan.processes);
     let exec_raw = {
@@ -203,10 +239,8 @@ fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
     drop(gateway);
     Pass {
         ping,
-        live_keep_alive,
-        live_new_connection,
-        cpu_keep_alive,
-        cpu_new_connection,
+        gateway: through_gateway,
+        relay: through_relay,
         process_wall,
         process_cpu,
         exec_raw,
@@ -429,12 +463,19 @@ fn machine(report: &mut String, binary: &Path) {
 }
 
 fn latency_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
-    let _ = writeln!(report, "\n## Latency per probe\n");
-    let _ = writeln!(
+    table(
         report,
-        "| Path | Placement | p50 | p99 | p50 ÷ floor | p50 − floor |"
+        "Latency per probe",
+        &[
+            "Path",
+            "Placement",
+            "p50",
+            "p99",
+            "p50 ÷ floor",
+            "p50 − floor",
+        ],
+        2,
     );
-    let _ = writeln!(report, "|---|---|---:|---:|---:|---:|");
     for (placement, pass) in passes(unpinned, pinned) {
         let floor = pass.ping.p50();
         let mut row = |path: &str, samples: &Samples, floor: Duration| {
@@ -449,10 +490,16 @@ fn latency_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
             );
         };
         row("raw `guest-ping` (floor)", &pass.ping, floor);
-        row("`GET /live`, keep-alive", &pass.live_keep_alive, floor);
+        row("`GET /live`, keep-alive", &pass.gateway.keep_alive, floor);
         row(
             "`GET /live`, new connection each",
-            &pass.live_new_connection,
+            &pass.gateway.new_connection,
+            floor,
+        );
+        row("ideal relay, keep-alive", &pass.relay.keep_alive, floor);
+        row(
+            "ideal relay, new connection each",
+            &pass.relay.new_connection,
             floor,
         );
         row(
@@ -475,34 +522,78 @@ fn latency_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
 }
 
 fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
-    let _ = writeln!(report, "\n## CPU per probe\n");
-    let _ = writeln!(
+    table(
         report,
-        "| Placement | process per probe | gateway, new connection | gateway, keep-alive | process ÷ gateway (new connection) |"
+        "CPU per probe",
+        &[
+            "Placement",
+            "process per probe",
+            "gateway, new connection",
+            "gateway, keep-alive",
+            "ideal relay, new connection",
+            "ideal relay, keep-alive",
+            "process ÷ gateway (new connection)",
+            "process ÷ gateway (keep-alive)",
+        ],
+        1,
     );
-    let _ = writeln!(report, "|---|---:|---:|---:|---:|");
+    let cpu = |ns: f64| us(Duration::from_nanos(ns as u64));
     for (placement, pass) in passes(unpinned, pinned) {
         let _ = writeln!(
             report,
-            "| {placement} | {} | {} | {} | {:.0}× |",
-            us(Duration::from_nanos(pass.process_cpu as u64)),
-            us(Duration::from_nanos(pass.cpu_new_connection as u64)),
-            us(Duration::from_nanos(pass.cpu_keep_alive as u64)),
-            pass.process_cpu / pass.cpu_new_connection.max(1.0)
+            "| {placement} | {} | {} | {} | {} | {} | {:.1}× | {:.1}× |",
+            cpu(pass.process_cpu),
+            cpu(pass.gateway.cpu_new_connection),
+            cpu(pass.gateway.cpu_keep_alive),
+            cpu(pass.relay.cpu_new_connection),
+            cpu(pass.relay.cpu_keep_alive),
+            pass.process_cpu / pass.gateway.cpu_new_connection.max(1.0),
+            pass.process_cpu / pass.gateway.cpu_keep_alive.max(1.0),
+        );
+    }
+    table(
+        report,
+        "The gateway beside the ideal relay",
+        &[
+            "Placement",
+            "p50 keep-alive: gateway ÷ relay",
+            "p50 new connection: gateway ÷ relay",
+            "CPU keep-alive: gateway ÷ relay",
+            "CPU new connection: gateway ÷ relay",
+            "relay p50 ÷ floor (keep-alive)",
+        ],
+        1,
+    );
+    for (placement, pass) in passes(unpinned, pinned) {
+        let (gateway, relay) = (&pass.gateway, &pass.relay);
+        let _ = writeln!(
+            report,
+            "| {placement} | {} | {} | {:.2}× | {:.2}× | {} |",
+            ratio(gateway.keep_alive.p50(), relay.keep_alive.p50()),
+            ratio(gateway.new_connection.p50(), relay.new_connection.p50()),
+            gateway.cpu_keep_alive / relay.cpu_keep_alive.max(1.0),
+            gateway.cpu_new_connection / relay.cpu_new_connection.max(1.0),
+            ratio(relay.keep_alive.p50(), pass.ping.p50()),
         );
     }
 }
 
 fn load_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
-    let _ = writeln!(
+    table(
         report,
-        "\n## Load: kubelet-like clients on `/live`, a new connection per probe\n"
+        "Load: kubelet-like clients on `/live`, a new connection per probe",
+        &[
+            "Placement",
+            "clients",
+            "requests/s",
+            "p50",
+            "p99",
+            "errors",
+            "gateway CPU",
+            "`guest-ping` per request",
+        ],
+        1,
     );
-    let _ = writeln!(
-        report,
-        "| Placement | clients | requests/s | p50 | p99 | errors | gateway CPU | `guest-ping` per request |"
-    );
-    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for (placement, pass) in passes(unpinned, pinned) {
         for load in &pass.load {
             let _ = writeln!(
@@ -523,9 +614,7 @@ fn load_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
 fn footprint_table(report: &mut String, memory: &Memory, startup: &Samples, binary: &Path) {
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     let size = std::fs::metadata(binary).map_or(0, |m| m.len());
-    let _ = writeln!(report, "\n## Footprint\n");
-    let _ = writeln!(report, "| Measure | Value |");
-    let _ = writeln!(report, "|---|---:|");
+    table(report, "Footprint", &["Measure", "Value"], 1);
     let _ = writeln!(
         report,
         "| RSS idle after start | {} |",
@@ -575,27 +664,31 @@ fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Pl
     .into_iter()
     .map(|(path, label)| (label, run_pass(path, plan, None)))
     .collect();
-    let _ = writeln!(
+    table(
         report,
-        "\n## Before and after (unpinned, A/B/A/B in one run)\n"
+        "Before and after (unpinned, A/B/A/B in one run)",
+        &[
+            "Binary",
+            "floor p50",
+            "keep-alive p50 (÷ floor)",
+            "new connection p50 (÷ floor)",
+            "CPU per probe, keep-alive",
+            "CPU per probe, new connection",
+        ],
+        1,
     );
-    let _ = writeln!(
-        report,
-        "| Binary | floor p50 | keep-alive p50 (÷ floor) | new connection p50 (÷ floor) | CPU per probe, keep-alive | CPU per probe, new connection |"
-    );
-    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|");
     for (label, pass) in &runs {
         let floor = pass.ping.p50();
         let _ = writeln!(
             report,
             "| {label} | {} | {} ({}) | {} ({}) | {} | {} |",
             us(floor),
-            us(pass.live_keep_alive.p50()),
-            ratio(pass.live_keep_alive.p50(), floor),
-            us(pass.live_new_connection.p50()),
-            ratio(pass.live_new_connection.p50(), floor),
-            us(Duration::from_nanos(pass.cpu_keep_alive as u64)),
-            us(Duration::from_nanos(pass.cpu_new_connection as u64)),
+            us(pass.gateway.keep_alive.p50()),
+            ratio(pass.gateway.keep_alive.p50(), floor),
+            us(pass.gateway.new_connection.p50()),
+            ratio(pass.gateway.new_connection.p50(), floor),
+            us(Duration::from_nanos(pass.gateway.cpu_keep_alive as u64)),
+            us(Duration::from_nanos(pass.gateway.cpu_new_connection as u64)),
         );
     }
     let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1048576.0;
@@ -605,6 +698,17 @@ fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Pl
         size(baseline),
         size(binary)
     );
+}
+
+/// A section heading and a table's header: the first `text` columns are left-aligned,
+/// the figures after them right-aligned.
+fn table(report: &mut String, title: &str, columns: &[&str], text: usize) {
+    let align: Vec<&str> = (0..columns.len())
+        .map(|i| if i < text { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(report, "\n## {title}\n");
+    let _ = writeln!(report, "| {} |", columns.join(" | "));
+    let _ = writeln!(report, "|{}|", align.join("|"));
 }
 
 fn passes<'a>(unpinned: &'a Pass, pinned: Option<&'a Pass>) -> Vec<(&'static str, &'a Pass)> {
