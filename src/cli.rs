@@ -198,17 +198,26 @@ fn serve(args: ServeArgs) -> ExitCode {
         return config_error(&VSOCK_OF_VMI_NEEDS_HOOK);
     }
     actix_web::rt::System::new().block_on(async move {
-        let app = match Application::build(settings, hook_mode, reload) {
-            Ok(app) => app,
-            Err(error) => return config_error(&error),
-        };
-        match app.run_until_stopped().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                tracing::error!(%error, "the gateway failed");
-                ExitCode::from(EXIT_CHECK_FAILED)
+        // The gateway runs as a task of its own, and the system's own future only awaits
+        // it: tokio's LocalSet polls that future whenever any task on the thread wakes,
+        // which would run the gateway's main `select!` on every probe.
+        let gateway = actix_web::rt::spawn(async move {
+            let app = match Application::build(settings, hook_mode, reload) {
+                Ok(app) => app,
+                Err(error) => return config_error(&error),
+            };
+            match app.run_until_stopped().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "the gateway failed");
+                    ExitCode::from(EXIT_CHECK_FAILED)
+                }
             }
-        }
+        });
+        gateway.await.unwrap_or_else(|error| {
+            tracing::error!(%error, "the gateway's task failed");
+            ExitCode::from(EXIT_CHECK_FAILED)
+        })
     })
 }
 

@@ -765,7 +765,7 @@ impl AgentTask {
             self.on_in_step().await;
             return;
         }
-        if self.adopt_if_lost_exec(&line) {
+        if self.adopt_if_lost_exec(&reply) {
             return;
         }
         if let Some(id) = reply.id
@@ -1042,16 +1042,15 @@ impl AgentTask {
         }
         if let (Some(connection), Some(drain)) = (connection, drain) {
             for line in close_gracefully(*connection, drain).await {
-                self.adopt_if_lost_exec(&line);
+                if let Ok(reply) = protocol::parse_reply(&line) {
+                    self.adopt_if_lost_exec(&reply);
+                }
             }
         }
     }
 
-    /// Tracks the process of a `guest-exec` answered too late, if `line` is that answer.
-    fn adopt_if_lost_exec(&mut self, line: &[u8]) -> bool {
-        let Ok(reply) = protocol::parse_reply(line) else {
-            return false;
-        };
+    /// Tracks the process of a `guest-exec` answered too late, if `reply` is that answer.
+    fn adopt_if_lost_exec(&mut self, reply: &protocol::Reply) -> bool {
         let Some(at) = reply
             .id
             .and_then(|id| self.lost_execs.iter().position(|lost| lost.id == id))

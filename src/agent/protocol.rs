@@ -35,28 +35,51 @@ impl Command {
 
     /// The request line, with `id` for matching the reply.
     pub fn encode(&self, id: u64) -> Vec<u8> {
-        let request = match self {
-            Command::Ping => json!({"execute": "guest-ping", "id": id}),
-            Command::Exec { path, args } => json!({
-                "execute": "guest-exec",
-                "arguments": {
-                    "path": path,
-                    "arg": args,
-                    // A boolean: qemu-ga 7.2 rejects the mode strings of 8.0+.
-                    "capture-output": true,
-                },
-                "id": id,
+        let arguments = match self {
+            Command::Ping => None,
+            // A boolean: qemu-ga 7.2 rejects the mode strings of 8.0+.
+            Command::Exec { path, args } => Some(Arguments::Exec {
+                path,
+                arg: args,
+                capture_output: true,
             }),
-            Command::ExecStatus { pid } => json!({
-                "execute": "guest-exec-status",
-                "arguments": {"pid": pid},
-                "id": id,
-            }),
+            Command::ExecStatus { pid } => Some(Arguments::ExecStatus { pid: *pid }),
         };
-        let mut line = request.to_string().into_bytes();
+        let request = Request {
+            execute: self.name(),
+            arguments,
+            id,
+        };
+        let mut line = Vec::with_capacity(64);
+        // Serializing these types cannot fail: strings, integers and a boolean.
+        let _ = serde_json::to_writer(&mut line, &request);
         line.push(b'\n');
         line
     }
+}
+
+/// A request on the wire. Typed rather than built as a `Value`: one allocation per
+/// request, on the path of every probe.
+#[derive(serde::Serialize)]
+struct Request<'a> {
+    execute: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<Arguments<'a>>,
+    id: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Arguments<'a> {
+    Exec {
+        path: &'a str,
+        arg: &'a [String],
+        #[serde(rename = "capture-output")]
+        capture_output: bool,
+    },
+    ExecStatus {
+        pid: i64,
+    },
 }
 
 /// The resync request: `0xFF` (which makes the agent drop any half-parsed input) and
@@ -238,6 +261,39 @@ mod tests {
         assert_eq!(request["id"], 7);
         assert_eq!(request["arguments"]["arg"][1], "echo \"a\" 'b'\n\\");
         assert_eq!(request["arguments"]["capture-output"], true);
+    }
+
+    #[test]
+    fn each_command_is_one_json_line_with_its_arguments_and_id() {
+        let lines = [
+            (Command::Ping, json!({"execute": "guest-ping", "id": 1})),
+            (
+                Command::ExecStatus { pid: 42 },
+                json!({"execute": "guest-exec-status", "arguments": {"pid": 42}, "id": 1}),
+            ),
+            (
+                Command::Exec {
+                    path: "true".into(),
+                    args: vec![],
+                },
+                json!({
+                    "execute": "guest-exec",
+                    "arguments": {"path": "true", "arg": [], "capture-output": true},
+                    "id": 1,
+                }),
+            ),
+        ];
+        for (command, expected) in lines {
+            let line = command.encode(1);
+            assert_eq!(
+                line.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "{command:?}"
+            );
+            assert_eq!(line.last(), Some(&b'\n'));
+            let request: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(request, expected);
+        }
     }
 
     #[test]
