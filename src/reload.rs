@@ -2,9 +2,12 @@
 //!
 //! Kubernetes updates a ConfigMap volume by swapping a symlink (`..data`) in the mounted
 //! directory: the file's own inode never changes and a watch on it sees nothing. So the
-//! directory is watched, every event in it triggers a read of the file by its path, and a
-//! read whose text is the same as the one in force changes nothing.
+//! directory is watched; an event that names the file or one of the volume's `..` entries
+//! triggers a read of the file by its path (events for other files in the directory are
+//! ignored: they must not wake the gateway), and a read whose text is the same as the one
+//! in force changes nothing.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,13 +73,15 @@ impl ConfigWatch {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let name = path.file_name().unwrap_or_default().to_os_string();
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) if event.kind.is_access() => {}
-                Ok(_) => {
+                Ok(event) if event.need_rescan() || concerns_config(&event.paths, &name) => {
                     let _ = tx.send(());
                 }
+                Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "config watch"),
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -102,5 +107,52 @@ impl ConfigWatch {
         }
         self.seen = false;
         Some(())
+    }
+}
+
+/// True if an event on `paths` may have changed the file named `name` in the watched
+/// directory: it names that file (written, replaced by a rename, removed), or an entry
+/// whose name starts with `..` (a ConfigMap volume's `..data` link and the timestamped
+/// directory it points to), or no path at all (the kernel's queue overflowed).
+fn concerns_config(paths: &[PathBuf], name: &OsStr) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|file| file == name || file.as_encoded_bytes().starts_with(b".."))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn concerns(paths: &[&str]) -> bool {
+        let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+        concerns_config(&paths, OsStr::new("gateway.yaml"))
+    }
+
+    #[test]
+    fn events_naming_the_config_file_concern_it() {
+        assert!(concerns(&["/etc/gw/gateway.yaml"]));
+        // An editor's or sed's rename onto the file.
+        assert!(concerns(&["/etc/gw/sedAb12", "/etc/gw/gateway.yaml"]));
+    }
+
+    #[test]
+    fn a_configmap_symlink_swap_concerns_the_config_file() {
+        assert!(concerns(&["/etc/gw/..data_tmp", "/etc/gw/..data"]));
+        assert!(concerns(&["/etc/gw/..2026_12_01_08_00_00.123456789"]));
+    }
+
+    #[test]
+    fn events_for_other_files_in_the_directory_do_not() {
+        assert!(!concerns(&["/etc/gw/other.yaml"]));
+        assert!(!concerns(&["/etc/gw/.gateway.yaml.swp"]));
+        assert!(!concerns(&["/etc/gw/gateway.yaml.bak"]));
+    }
+
+    #[test]
+    fn an_event_without_paths_is_taken_as_a_change() {
+        assert!(concerns(&[]));
     }
 }
