@@ -38,6 +38,8 @@ struct Plan {
     load_time: Duration,
     leak_probes: usize,
     startups: usize,
+    /// How long the gateway's idle CPU is measured.
+    idle_time: Duration,
 }
 
 const FULL: Plan = Plan {
@@ -49,6 +51,7 @@ const FULL: Plan = Plan {
     load_time: Duration::from_secs(4),
     leak_probes: 100_000,
     startups: 30,
+    idle_time: Duration::from_secs(10),
 };
 
 /// `--quick`: a smoke run of every phase.
@@ -61,6 +64,7 @@ const QUICK: Plan = Plan {
     load_time: Duration::from_millis(500),
     leak_probes: 2_000,
     startups: 3,
+    idle_time: Duration::from_secs(1),
 };
 
 fn main() {
@@ -351,6 +355,9 @@ fn load(gateway: &Gateway, clients: usize, time: Duration) -> Load {
 
 struct Memory {
     idle_kib: u64,
+    /// CPU used while idle, in millicores (ms of CPU per s).
+    idle_millicores: f64,
+    idle_time: Duration,
     peak_kib: u64,
     warm_kib: u64,
     after_kib: u64,
@@ -365,6 +372,10 @@ fn memory(binary: &Path, plan: &Plan) -> Memory {
     std::thread::sleep(Duration::from_millis(200));
     let idle_kib = gateway.status_kib("VmRSS");
     let threads = gateway.threads();
+    // Idle: serving nothing, holding its agent connection (its timers still tick).
+    let cpu = gateway.cpu_ns();
+    std::thread::sleep(plan.idle_time);
+    let idle_millicores = (gateway.cpu_ns() - cpu) as f64 / plan.idle_time.as_secs_f64() / 1e6;
     let _ = load(&gateway, 100, plan.load_time);
     let peak_kib = gateway.status_kib("VmHWM");
     // Warm up (allocator arenas, connection buffers), then count.
@@ -392,6 +403,8 @@ fn memory(binary: &Path, plan: &Plan) -> Memory {
     let after_kib = gateway.status_kib("VmRSS");
     Memory {
         idle_kib,
+        idle_millicores,
+        idle_time: plan.idle_time,
         peak_kib,
         warm_kib,
         after_kib,
@@ -639,6 +652,12 @@ fn footprint_table(report: &mut String, memory: &Memory, startup: &Samples, bina
         memory.after_kib as i64 - memory.warm_kib as i64
     );
     let _ = writeln!(report, "| Threads | {} |", memory.threads);
+    let _ = writeln!(
+        report,
+        "| CPU idle (over {:.0} s) | {:.2} millicores |",
+        memory.idle_time.as_secs_f64(),
+        memory.idle_millicores
+    );
     let _ = writeln!(
         report,
         "| Start-up to first `200` from `/healthz` | p50 {}, max {} |",
