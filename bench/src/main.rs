@@ -40,6 +40,8 @@ struct Plan {
     startups: usize,
     /// How long the gateway's idle CPU is measured.
     idle_time: Duration,
+    /// Interleaved rounds of the CPU-per-probe measurement.
+    cpu_rounds: usize,
 }
 
 const FULL: Plan = Plan {
@@ -52,6 +54,7 @@ const FULL: Plan = Plan {
     leak_probes: 100_000,
     startups: 30,
     idle_time: Duration::from_secs(10),
+    cpu_rounds: 10,
 };
 
 /// `--quick`: a smoke run of every phase.
@@ -65,6 +68,7 @@ const QUICK: Plan = Plan {
     leak_probes: 2_000,
     startups: 3,
     idle_time: Duration::from_secs(1),
+    cpu_rounds: 3,
 };
 
 fn main() {
@@ -141,54 +145,127 @@ struct Pass {
     /// The same through the bench's ideal relay ([`relay`]).
     relay: Through,
     process_wall: Samples,
-    /// CPU (user + sys) per spawned `check`, ns.
-    process_cpu: f64,
+    cpu: Cpu,
     exec_raw: Samples,
     exec_gateway: Samples,
     load: Vec<Load>,
 }
 
-/// Sequential `GET /live` through a server in the path: latency and the server's CPU.
+/// Sequential `GET /live` through a server in the path: latency.
 struct Through {
     keep_alive: Samples,
     new_connection: Samples,
-    /// The server's CPU per probe, ns: over one keep-alive connection, and a connection
-    /// each.
-    cpu_keep_alive: f64,
-    cpu_new_connection: f64,
 }
 
 /// `GET /live` one at a time through `server`: over one keep-alive connection, then on a
 /// new connection each, as kubelet does.
 fn through(server: &Gateway, plan: &Plan) -> Through {
-    let (keep_alive, cpu_keep_alive) = {
+    let keep_alive = {
         let mut connection = http::Connection::open(server.address).expect("connect");
-        let mut get = || assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
-        for _ in 0..plan.keep_alive / 10 {
-            get();
-        }
-        let cpu = server.cpu_ns();
-        let samples = timed(0, plan.keep_alive, get);
-        let per_probe = (server.cpu_ns() - cpu) as f64 / plan.keep_alive as f64;
-        (samples, per_probe)
+        timed(plan.keep_alive / 10, plan.keep_alive, || {
+            assert_eq!(connection.get("/live", false).expect("GET /live"), 200)
+        })
     };
-    let (new_connection, cpu_new_connection) = {
-        let get = || {
-            assert_eq!(
-                http::get_once(server.address, "/live").expect("GET /live"),
-                200
-            )
-        };
-        let cpu = server.cpu_ns();
-        let samples = timed(plan.new_connection / 10, plan.new_connection, get);
-        let count = plan.new_connection + plan.new_connection / 10;
-        (samples, (server.cpu_ns() - cpu) as f64 / count as f64)
-    };
+    let new_connection = timed(plan.new_connection / 10, plan.new_connection, || {
+        assert_eq!(
+            http::get_once(server.address, "/live").expect("GET /live"),
+            200
+        )
+    });
     Through {
         keep_alive,
         new_connection,
-        cpu_keep_alive,
-        cpu_new_connection,
+    }
+}
+
+/// CPU per probe (ns) of each path, taken in interleaved rounds: each round measures
+/// every path one after the other, so a neighbour's burst on the shared machine (its
+/// steal time counts as run time) lands in one round of all paths rather than in all of
+/// one path's figure. Each figure is the median over the rounds.
+struct Cpu {
+    rounds: usize,
+    process: f64,
+    gateway_new_connection: f64,
+    gateway_keep_alive: f64,
+    relay_new_connection: f64,
+    relay_keep_alive: f64,
+    /// Process ÷ gateway, per round: (median, lowest, highest).
+    ratio_new_connection: (f64, f64, f64),
+    ratio_keep_alive: (f64, f64, f64),
+}
+
+/// `plan.cpu_rounds` rounds of: processes per probe, then new-connection and keep-alive
+/// probes through the gateway and through the relay.
+fn cpu_rounds(binary: &Path, agent: &Path, gateway: &Gateway, relay: &Gateway, plan: &Plan) -> Cpu {
+    let rounds = plan.cpu_rounds;
+    let check = CheckProcess::new(binary, agent);
+    let (processes, new_connections, keep_alives) = (
+        (plan.processes / rounds).max(1),
+        (plan.new_connection / rounds).max(1),
+        (plan.keep_alive / rounds).max(1),
+    );
+    let new_connection_cpu = |server: &Gateway| {
+        let before = server.cpu_ns();
+        for _ in 0..new_connections {
+            assert_eq!(
+                http::get_once(server.address, "/live").expect("GET /live"),
+                200
+            );
+        }
+        (server.cpu_ns() - before) as f64 / new_connections as f64
+    };
+    let keep_alive_cpu = |server: &Gateway| {
+        let mut connection = http::Connection::open(server.address).expect("connect");
+        let before = server.cpu_ns();
+        for _ in 0..keep_alives {
+            assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
+        }
+        (server.cpu_ns() - before) as f64 / keep_alives as f64
+    };
+    // Warm-up: the first spawns fill the page cache, the first probes the allocators.
+    for _ in 0..processes {
+        check.run();
+    }
+    let (_, _) = (new_connection_cpu(gateway), keep_alive_cpu(gateway));
+    let mut columns: [Vec<f64>; 5] = Default::default();
+    for _ in 0..rounds {
+        let before = children_cpu_ns();
+        for _ in 0..processes {
+            check.run();
+        }
+        columns[0].push((children_cpu_ns() - before) as f64 / processes as f64);
+        columns[1].push(new_connection_cpu(gateway));
+        columns[2].push(keep_alive_cpu(gateway));
+        columns[3].push(new_connection_cpu(relay));
+        columns[4].push(keep_alive_cpu(relay));
+    }
+    let ratios = |gateway: &[f64]| {
+        let per_round: Vec<f64> = columns[0]
+            .iter()
+            .zip(gateway)
+            .map(|(p, g)| p / g.max(1.0))
+            .collect();
+        spread(&per_round)
+    };
+    Cpu {
+        rounds,
+        process: spread(&columns[0]).0,
+        gateway_new_connection: spread(&columns[1]).0,
+        gateway_keep_alive: spread(&columns[2]).0,
+        relay_new_connection: spread(&columns[3]).0,
+        relay_keep_alive: spread(&columns[4]).0,
+        ratio_new_connection: ratios(&columns[1]),
+        ratio_keep_alive: ratios(&columns[2]),
+    }
+}
+
+/// (median, lowest, highest) of `values`.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [] => (0.0, 0.0, 0.0),
+        all => (all[all.len() / 2], all[0], all[all.len() - 1]),
     }
 }
 
@@ -216,12 +293,12 @@ fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
         samples
     };
     let through_gateway = through(&gateway, plan);
-    let through_relay = {
-        let agent = QemuGa::start();
-        let relay = Gateway::start_relay(&agent.socket(), gateway_core);
-        through(&relay, plan)
-    };
-    let (process_wall, process_cpu) = process_per_probe(binary, &free.socket(), plan.processes);
+    let relayed = QemuGa::start();
+    let relay = Gateway::start_relay(&relayed.socket(), gateway_core);
+    let through_relay = through(&relay, plan);
+    let process_wall = process_per_probe(binary, &free.socket(), plan.processes);
+    let cpu = cpu_rounds(binary, &free.socket(), &gateway, &relay, plan);
+    drop(relay);
     let exec_raw = {
         let mut raw = RawAgent::connect(&free.socket());
         let samples = timed(plan.execs / 10, plan.execs, || {
@@ -246,7 +323,7 @@ fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
         gateway: through_gateway,
         relay: through_relay,
         process_wall,
-        process_cpu,
+        cpu,
         exec_raw,
         exec_gateway,
         load,
@@ -267,31 +344,46 @@ fn timed(warmup: usize, count: usize, mut op: impl FnMut()) -> Samples {
     samples
 }
 
-/// `virt-probe-gateway check liveness` per probe, as an exec probe would run it (without
-/// the container runtime's own cost): wall time each, and the children's CPU time.
-fn process_per_probe(binary: &Path, socket: &Path, count: usize) -> (Samples, f64) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, CONFIG).expect("write config");
-    let run = || {
-        let status = Command::new(binary)
+/// `virt-probe-gateway check liveness` as an exec probe would run it, without the
+/// container runtime's own cost.
+struct CheckProcess {
+    binary: PathBuf,
+    agent: PathBuf,
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl CheckProcess {
+    fn new(binary: &Path, agent: &Path) -> CheckProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(&config, CONFIG).expect("write config");
+        CheckProcess {
+            binary: binary.to_path_buf(),
+            agent: agent.to_path_buf(),
+            _dir: dir,
+            config,
+        }
+    }
+
+    fn run(&self) {
+        let status = Command::new(&self.binary)
             .args(["check", "liveness", "--config"])
-            .arg(&config)
+            .arg(&self.config)
             .arg("--agent")
-            .arg(socket)
+            .arg(&self.agent)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("run check");
         assert!(status.success(), "check liveness failed");
-    };
-    for _ in 0..count / 10 {
-        run();
     }
-    let before = children_cpu_ns();
-    let samples = timed(0, count, run);
-    let cpu = (children_cpu_ns() - before) as f64 / count as f64;
-    (samples, cpu)
+}
+
+/// Wall time of a process per probe.
+fn process_per_probe(binary: &Path, socket: &Path, count: usize) -> Samples {
+    let check = CheckProcess::new(binary, socket);
+    timed(count / 10, count, || check.run())
 }
 
 fn children_cpu_ns() -> u64 {
@@ -545,25 +637,33 @@ fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
             "gateway, keep-alive",
             "ideal relay, new connection",
             "ideal relay, keep-alive",
-            "process ÷ gateway (new connection)",
-            "process ÷ gateway (keep-alive)",
+            "process ÷ gateway, new connection (rounds)",
+            "process ÷ gateway, keep-alive (rounds)",
         ],
         1,
     );
     let cpu = |ns: f64| us(Duration::from_nanos(ns as u64));
+    let range = |(median, low, high): (f64, f64, f64)| format!("{median:.1}× ({low:.1}–{high:.1})");
     for (placement, pass) in passes(unpinned, pinned) {
+        let c = &pass.cpu;
         let _ = writeln!(
             report,
-            "| {placement} | {} | {} | {} | {} | {} | {:.1}× | {:.1}× |",
-            cpu(pass.process_cpu),
-            cpu(pass.gateway.cpu_new_connection),
-            cpu(pass.gateway.cpu_keep_alive),
-            cpu(pass.relay.cpu_new_connection),
-            cpu(pass.relay.cpu_keep_alive),
-            pass.process_cpu / pass.gateway.cpu_new_connection.max(1.0),
-            pass.process_cpu / pass.gateway.cpu_keep_alive.max(1.0),
+            "| {placement} | {} | {} | {} | {} | {} | {} | {} |",
+            cpu(c.process),
+            cpu(c.gateway_new_connection),
+            cpu(c.gateway_keep_alive),
+            cpu(c.relay_new_connection),
+            cpu(c.relay_keep_alive),
+            range(c.ratio_new_connection),
+            range(c.ratio_keep_alive),
         );
     }
+    let _ = writeln!(
+        report,
+        "\nMedians over {} interleaved rounds; the ratios are the median round's, with the \
+         lowest and highest round's in brackets.",
+        unpinned.cpu.rounds
+    );
     table(
         report,
         "The gateway beside the ideal relay",
@@ -578,14 +678,14 @@ fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
         1,
     );
     for (placement, pass) in passes(unpinned, pinned) {
-        let (gateway, relay) = (&pass.gateway, &pass.relay);
+        let (gateway, relay, c) = (&pass.gateway, &pass.relay, &pass.cpu);
         let _ = writeln!(
             report,
             "| {placement} | {} | {} | {:.2}× | {:.2}× | {} |",
             ratio(gateway.keep_alive.p50(), relay.keep_alive.p50()),
             ratio(gateway.new_connection.p50(), relay.new_connection.p50()),
-            gateway.cpu_keep_alive / relay.cpu_keep_alive.max(1.0),
-            gateway.cpu_new_connection / relay.cpu_new_connection.max(1.0),
+            c.gateway_keep_alive / c.relay_keep_alive.max(1.0),
+            c.gateway_new_connection / c.relay_new_connection.max(1.0),
             ratio(relay.keep_alive.p50(), pass.ping.p50()),
         );
     }
@@ -706,8 +806,8 @@ fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Pl
             ratio(pass.gateway.keep_alive.p50(), floor),
             us(pass.gateway.new_connection.p50()),
             ratio(pass.gateway.new_connection.p50(), floor),
-            us(Duration::from_nanos(pass.gateway.cpu_keep_alive as u64)),
-            us(Duration::from_nanos(pass.gateway.cpu_new_connection as u64)),
+            us(Duration::from_nanos(pass.cpu.gateway_keep_alive as u64)),
+            us(Duration::from_nanos(pass.cpu.gateway_new_connection as u64)),
         );
     }
     let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1048576.0;
