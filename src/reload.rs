@@ -77,11 +77,13 @@ impl ConfigWatch {
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(event) if event.kind.is_access() => {}
-                Ok(event) if event.need_rescan() || concerns_config(&event.paths, &name) => {
-                    let _ = tx.send(());
+                Ok(event) => {
+                    if !event.kind.is_access()
+                        && (event.need_rescan() || concerns_config(&event.paths, &name))
+                    {
+                        let _ = tx.send(());
+                    }
                 }
-                Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "config watch"),
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;

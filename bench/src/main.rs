@@ -157,20 +157,30 @@ struct Through {
     new_connection: Samples,
 }
 
+/// One `GET /live` on a new connection, as kubelet probes.
+fn live_once(server: &Gateway) {
+    assert_eq!(
+        http::get_once(server.address, "/live").expect("GET /live"),
+        200
+    );
+}
+
+/// One `GET /live` over a kept connection.
+fn live_on(connection: &mut http::Connection) {
+    assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
+}
+
 /// `GET /live` one at a time through `server`: over one keep-alive connection, then on a
 /// new connection each, as kubelet does.
 fn through(server: &Gateway, plan: &Plan) -> Through {
     let keep_alive = {
         let mut connection = http::Connection::open(server.address).expect("connect");
         timed(plan.keep_alive / 10, plan.keep_alive, || {
-            assert_eq!(connection.get("/live", false).expect("GET /live"), 200)
+            live_on(&mut connection)
         })
     };
     let new_connection = timed(plan.new_connection / 10, plan.new_connection, || {
-        assert_eq!(
-            http::get_once(server.address, "/live").expect("GET /live"),
-            200
-        )
+        live_once(server)
     });
     Through {
         keep_alive,
@@ -184,79 +194,72 @@ fn through(server: &Gateway, plan: &Plan) -> Through {
 /// one path's figure. Each figure is the median over the rounds.
 struct Cpu {
     rounds: usize,
-    process: f64,
-    gateway_new_connection: f64,
-    gateway_keep_alive: f64,
-    relay_new_connection: f64,
-    relay_keep_alive: f64,
+    median: Round,
     /// Process ÷ gateway, per round: (median, lowest, highest).
     ratio_new_connection: (f64, f64, f64),
     ratio_keep_alive: (f64, f64, f64),
 }
 
+/// CPU per probe (ns) of each path in one round.
+struct Round {
+    process: f64,
+    gateway_new_connection: f64,
+    gateway_keep_alive: f64,
+    relay_new_connection: f64,
+    relay_keep_alive: f64,
+}
+
 /// `plan.cpu_rounds` rounds of: processes per probe, then new-connection and keep-alive
-/// probes through the gateway and through the relay.
+/// probes through the gateway and through the relay. Runs after the latency phases,
+/// which warmed up all three (page cache, allocators, connections).
 fn cpu_rounds(binary: &Path, agent: &Path, gateway: &Gateway, relay: &Gateway, plan: &Plan) -> Cpu {
-    let rounds = plan.cpu_rounds;
     let check = CheckProcess::new(binary, agent);
-    let (processes, new_connections, keep_alives) = (
-        (plan.processes / rounds).max(1),
-        (plan.new_connection / rounds).max(1),
-        (plan.keep_alive / rounds).max(1),
-    );
-    let new_connection_cpu = |server: &Gateway| {
-        let before = server.cpu_ns();
-        for _ in 0..new_connections {
-            assert_eq!(
-                http::get_once(server.address, "/live").expect("GET /live"),
-                200
-            );
-        }
-        (server.cpu_ns() - before) as f64 / new_connections as f64
-    };
+    let processes = (plan.processes / plan.cpu_rounds).max(1);
+    let new_connections = (plan.new_connection / plan.cpu_rounds).max(1);
+    let keep_alives = (plan.keep_alive / plan.cpu_rounds).max(1);
+    let new_connection_cpu =
+        |server: &Gateway| cpu_per_probe(server, new_connections, || live_once(server));
     let keep_alive_cpu = |server: &Gateway| {
         let mut connection = http::Connection::open(server.address).expect("connect");
-        let before = server.cpu_ns();
-        for _ in 0..keep_alives {
-            assert_eq!(connection.get("/live", false).expect("GET /live"), 200);
-        }
-        (server.cpu_ns() - before) as f64 / keep_alives as f64
+        cpu_per_probe(server, keep_alives, || live_on(&mut connection))
     };
-    // Warm-up: the first spawns fill the page cache, the first probes the allocators.
-    for _ in 0..processes {
-        check.run();
-    }
-    let (_, _) = (new_connection_cpu(gateway), keep_alive_cpu(gateway));
-    let mut columns: [Vec<f64>; 5] = Default::default();
-    for _ in 0..rounds {
-        let before = children_cpu_ns();
-        for _ in 0..processes {
-            check.run();
-        }
-        columns[0].push((children_cpu_ns() - before) as f64 / processes as f64);
-        columns[1].push(new_connection_cpu(gateway));
-        columns[2].push(keep_alive_cpu(gateway));
-        columns[3].push(new_connection_cpu(relay));
-        columns[4].push(keep_alive_cpu(relay));
-    }
-    let ratios = |gateway: &[f64]| {
-        let per_round: Vec<f64> = columns[0]
-            .iter()
-            .zip(gateway)
-            .map(|(p, g)| p / g.max(1.0))
-            .collect();
-        spread(&per_round)
-    };
+    let rounds: Vec<Round> = (0..plan.cpu_rounds)
+        .map(|_| {
+            let before = children_cpu_ns();
+            for _ in 0..processes {
+                check.run();
+            }
+            Round {
+                process: (children_cpu_ns() - before) as f64 / processes as f64,
+                gateway_new_connection: new_connection_cpu(gateway),
+                gateway_keep_alive: keep_alive_cpu(gateway),
+                relay_new_connection: new_connection_cpu(relay),
+                relay_keep_alive: keep_alive_cpu(relay),
+            }
+        })
+        .collect();
+    let of = |field: fn(&Round) -> f64| spread(&rounds.iter().map(field).collect::<Vec<_>>());
     Cpu {
-        rounds,
-        process: spread(&columns[0]).0,
-        gateway_new_connection: spread(&columns[1]).0,
-        gateway_keep_alive: spread(&columns[2]).0,
-        relay_new_connection: spread(&columns[3]).0,
-        relay_keep_alive: spread(&columns[4]).0,
-        ratio_new_connection: ratios(&columns[1]),
-        ratio_keep_alive: ratios(&columns[2]),
+        rounds: rounds.len(),
+        median: Round {
+            process: of(|r| r.process).0,
+            gateway_new_connection: of(|r| r.gateway_new_connection).0,
+            gateway_keep_alive: of(|r| r.gateway_keep_alive).0,
+            relay_new_connection: of(|r| r.relay_new_connection).0,
+            relay_keep_alive: of(|r| r.relay_keep_alive).0,
+        },
+        ratio_new_connection: of(|r| r.process / r.gateway_new_connection.max(1.0)),
+        ratio_keep_alive: of(|r| r.process / r.gateway_keep_alive.max(1.0)),
     }
+}
+
+/// `server`'s CPU per `probe`, ns, over `count` of them.
+fn cpu_per_probe(server: &Gateway, count: usize, mut probe: impl FnMut()) -> f64 {
+    let before = server.cpu_ns();
+    for _ in 0..count {
+        probe();
+    }
+    (server.cpu_ns() - before) as f64 / count as f64
 }
 
 /// (median, lowest, highest) of `values`.
@@ -645,7 +648,7 @@ fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
     let cpu = |ns: f64| us(Duration::from_nanos(ns as u64));
     let range = |(median, low, high): (f64, f64, f64)| format!("{median:.1}× ({low:.1}–{high:.1})");
     for (placement, pass) in passes(unpinned, pinned) {
-        let c = &pass.cpu;
+        let c = &pass.cpu.median;
         let _ = writeln!(
             report,
             "| {placement} | {} | {} | {} | {} | {} | {} | {} |",
@@ -654,8 +657,8 @@ fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
             cpu(c.gateway_keep_alive),
             cpu(c.relay_new_connection),
             cpu(c.relay_keep_alive),
-            range(c.ratio_new_connection),
-            range(c.ratio_keep_alive),
+            range(pass.cpu.ratio_new_connection),
+            range(pass.cpu.ratio_keep_alive),
         );
     }
     let _ = writeln!(
@@ -678,7 +681,7 @@ fn cost_table(report: &mut String, unpinned: &Pass, pinned: Option<&Pass>) {
         1,
     );
     for (placement, pass) in passes(unpinned, pinned) {
-        let (gateway, relay, c) = (&pass.gateway, &pass.relay, &pass.cpu);
+        let (gateway, relay, c) = (&pass.gateway, &pass.relay, &pass.cpu.median);
         let _ = writeln!(
             report,
             "| {placement} | {} | {} | {:.2}× | {:.2}× | {} |",
@@ -806,8 +809,12 @@ fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Pl
             ratio(pass.gateway.keep_alive.p50(), floor),
             us(pass.gateway.new_connection.p50()),
             ratio(pass.gateway.new_connection.p50(), floor),
-            us(Duration::from_nanos(pass.cpu.gateway_keep_alive as u64)),
-            us(Duration::from_nanos(pass.cpu.gateway_new_connection as u64)),
+            us(Duration::from_nanos(
+                pass.cpu.median.gateway_keep_alive as u64
+            )),
+            us(Duration::from_nanos(
+                pass.cpu.median.gateway_new_connection as u64
+            )),
         );
     }
     let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1048576.0;

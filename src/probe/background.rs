@@ -175,9 +175,10 @@ impl BackgroundProbe {
     /// the thresholds, and why the two differ when they do.
     pub fn report(&self) -> Arc<ProbeReport> {
         let now = Instant::now();
+        let spec = self.checker.spec();
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         let overdue = now.saturating_duration_since(shared.due);
-        let stale = overdue > self.checker.spec().timeout + STALE_MARGIN;
+        let stale = overdue > spec.timeout + STALE_MARGIN;
         let mut report = match &shared.last {
             Some(last) => ProbeReport::clone(last),
             None => self.no_result_yet(shared.state.passing),
@@ -193,25 +194,24 @@ impl BackgroundProbe {
                 "stale: the check due {:.1}s ago has not reported (timeoutSeconds {}); the \
                  gateway's check loop is stuck",
                 overdue.as_secs_f64(),
-                self.checker.spec().timeout.as_secs()
+                spec.timeout.as_secs()
             ))
         } else {
             match (last_passed, state.passing) {
                 (None, _) => Some(format!(
                     "no result yet: the first check is due in {:.1}s (initialDelaySeconds {})",
                     shared.due.saturating_duration_since(now).as_secs_f64(),
-                    self.checker.spec().initial_delay_seconds
+                    spec.initial_delay_seconds
                 )),
                 (Some(false), true) => Some(format!(
                     "{} (failure {} of failureThreshold {}: still passing)",
                     report.reason_line(),
                     state.consecutive_failures,
-                    self.checker.spec().failure_threshold
+                    spec.failure_threshold
                 )),
                 (Some(true), false) => Some(format!(
                     "passed {} of successThreshold {} times in a row: still failing",
-                    state.consecutive_successes,
-                    self.checker.spec().success_threshold
+                    state.consecutive_successes, spec.success_threshold
                 )),
                 _ => report.reason.take(),
             }

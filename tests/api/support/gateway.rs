@@ -200,7 +200,6 @@ impl Gateway {
             .map_or(0.0, |value| value.trim().parse().expect("metric value"))
     }
 
-    /// Log events so far.
     /// Config reloads that ended in `result` (`applied`, `unchanged`, `rejected`).
     pub async fn config_reloads(&self, result: &str) -> f64 {
         self.metric(&format!(
@@ -218,6 +217,7 @@ impl Gateway {
         .await;
     }
 
+    /// Log events so far.
     pub fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()
     }
