@@ -1,4 +1,5 @@
-//! What can go wrong when asking the agent something.
+//! What can go wrong when asking the agent something, whatever the backend: a stream to
+//! the agent ([`super::link`]) or, later, libvirt's agent command.
 
 use super::protocol::ErrorReply;
 
@@ -36,6 +37,15 @@ pub enum AgentError {
     /// The peer said something that is not a valid answer.
     #[error("protocol fault: {0}")]
     Protocol(String),
+    /// The backend knows the VM is not running (paused, shutting down, crashed) and refused
+    /// the command without sending it: libvirt does so at once, where a stream to the agent
+    /// could only time out.
+    #[error("the VM is not running: {0}")]
+    DomainNotRunning(String),
+    /// The backend has no such VM: not defined yet (a migration target before the guest
+    /// arrives) or gone.
+    #[error("no such VM: {0}")]
+    NoDomain(String),
 }
 
 impl AgentError {

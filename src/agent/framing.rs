@@ -50,6 +50,10 @@ pub enum Frame {
 pub enum FramingError {
     #[error("the agent closed the connection")]
     Closed,
+    /// The peer closed with part of a line unread: a reply was cut short, which is a fault,
+    /// not a clean end.
+    #[error("the agent closed the connection in the middle of a reply")]
+    ClosedMidFrame,
     #[error("a reply line exceeded {MAX_LINE_BYTES} bytes without ending")]
     EndlessLine,
     #[error("read failed: {0}")]
@@ -230,6 +234,12 @@ impl LineScanner {
     fn reset(&mut self) {
         *self = LineScanner::default();
     }
+
+    /// True when part of a line has been scanned and its end not yet: a stream that ends now
+    /// ends in the middle of a frame. Whitespace between lines is not a frame.
+    pub fn is_mid_frame(&self) -> bool {
+        self.oversized || self.line.iter().any(|b| !b.is_ascii_whitespace())
+    }
 }
 
 /// Reads frames from a stream: the read half of an agent connection.
@@ -267,7 +277,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             let n = self.reader.read_buf(&mut self.buffer).await?;
             if n == 0 {
-                return Err(FramingError::Closed);
+                return Err(if self.scanner.is_mid_frame() {
+                    FramingError::ClosedMidFrame
+                } else {
+                    FramingError::Closed
+                });
             }
             // The bytes are consumed whatever the scan says: a caller draining a broken
             // peer keeps reading, and must not rescan (and keep) what it read before.
@@ -276,11 +290,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.ready.extend(self.scratch.drain(..));
             scanned?;
         }
-    }
-
-    /// Gives the reader back, e.g. to drain it on close.
-    pub fn into_inner(self) -> R {
-        self.reader
     }
 }
 
@@ -442,6 +451,36 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(client);
         tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n")
+            .await
+            .unwrap();
+        drop(server);
+        assert_eq!(reader.next_frame().await.unwrap(), line("{\"return\": {}}"));
+        assert!(matches!(
+            reader.next_frame().await,
+            Err(FramingError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn eof_in_the_middle_of_a_frame_is_an_error_not_a_clean_close() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(client);
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n{\"return\": {\"pid")
+            .await
+            .unwrap();
+        drop(server);
+        assert_eq!(reader.next_frame().await.unwrap(), line("{\"return\": {}}"));
+        assert!(matches!(
+            reader.next_frame().await,
+            Err(FramingError::ClosedMidFrame)
+        ));
+    }
+
+    #[tokio::test]
+    async fn whitespace_after_the_last_line_is_a_clean_close() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(client);
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n  ")
             .await
             .unwrap();
         drop(server);

@@ -1,14 +1,31 @@
-//! The qemu-guest-agent client: address parsing, transports, framing, the QGA protocol, and
-//! the task that owns the one connection ([`GuestAgent`] is its handle).
+//! The guest agent, as the probes reach it. From the bottom up:
+//! - [`address`]: where the agent is (`agent` setting), parsed once.
+//! - [`transport`]: opening a byte stream to it (unix socket, vsock, hybrid vsock).
+//! - [`framing`]: the stream cut into reply lines, in bounded memory.
+//! - [`protocol`]: QGA commands and replies as types.
+//! - [`link`]: the task that owns one stream: connect, resync, one command on the wire,
+//!   graceful close; a backend of [`backend::AgentBackend`], the interface above which
+//!   nothing knows how the agent is reached.
+//! - [`processes`]: the one owner of guest processes (start, polls, orphans, late pids).
+//! - [`GuestAgent`]: the handle the checks hold.
+//!
+//! [`backoff::Backoff`] is the one retry and polling schedule of them all.
 
 mod address;
-mod client;
+pub mod backend;
+mod backoff;
 mod error;
 pub mod framing;
+mod guest_agent;
+mod link;
+mod processes;
 pub mod protocol;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 
 pub use address::{ACCEPTED_FORMS, AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
-pub use client::{GuestAgent, LinkState, LinkStatus};
+pub use backend::{LinkState, LinkStatus};
 pub use error::AgentError;
+pub use guest_agent::GuestAgent;
 pub use protocol::{ExecStatus, OutputExcerpt};

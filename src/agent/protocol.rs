@@ -1,10 +1,12 @@
-//! The qemu-guest-agent wire protocol (QGA): requests as JSON values, replies parsed from
-//! the lines [`super::framing`] produces. Pure functions, tested without a socket.
+//! The qemu-guest-agent wire protocol (QGA): requests serialized from types, replies parsed
+//! from the lines [`super::framing`] produces into types (a reply of the wrong shape is a
+//! typed error, never a guess). Pure functions, tested without a socket.
 //!
 //! Arguments are always serialized as JSON values, never formatted into strings, so a
 //! command argument with quotes or newlines reaches the guest unchanged.
 
 use base64::Engine as _;
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use super::framing::{CUT_MARKER, DELIMITER};
@@ -102,9 +104,11 @@ pub fn random_sync_id() -> u64 {
 }
 
 /// An `{"error": ...}` reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ErrorReply {
+    #[serde(default, deserialize_with = "cut_text")]
     pub class: String,
+    #[serde(default, deserialize_with = "cut_text")]
     pub desc: String,
 }
 
@@ -121,40 +125,42 @@ pub struct Reply {
 #[error("unparsable reply: {0}")]
 pub struct Unparsable(pub String);
 
+/// A reply line as the agent writes it: `return` or `error`, and the echoed `id`.
+#[derive(serde::Deserialize)]
+struct WireReply {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(rename = "return")]
+    returned: Option<Value>,
+    error: Option<ErrorReply>,
+}
+
 /// Parses one reply line.
 pub fn parse_reply(line: &[u8]) -> Result<Reply, Unparsable> {
-    let value: Value = serde_json::from_slice(line)
+    let wire: WireReply = serde_json::from_slice(line)
         .map_err(|e| Unparsable(format!("{e} in {}", preview(line))))?;
-    let Value::Object(mut object) = value else {
-        return Err(Unparsable(format!("not an object: {}", preview(line))));
+    let id = wire.id.as_ref().and_then(Value::as_u64);
+    let outcome = match (wire.returned, wire.error) {
+        (Some(value), _) => Ok(value),
+        (None, Some(error)) => Err(error),
+        (None, None) => {
+            return Err(Unparsable(format!(
+                "neither return nor error: {}",
+                preview(line)
+            )));
+        }
     };
-    let id = object.get("id").and_then(Value::as_u64);
-    if let Some(value) = object.remove("return") {
-        return Ok(Reply {
-            id,
-            outcome: Ok(value),
-        });
-    }
-    if let Some(error) = object.get("error") {
-        let text = |key: &str| {
-            error
-                .get(key)
-                .and_then(Value::as_str)
-                .map(|s| s.trim_end_matches(CUT_MARKER).to_string())
-                .unwrap_or_default()
-        };
-        return Ok(Reply {
-            id,
-            outcome: Err(ErrorReply {
-                class: text("class"),
-                desc: text("desc"),
-            }),
-        });
-    }
-    Err(Unparsable(format!(
-        "neither return nor error: {}",
-        preview(line)
-    )))
+    Ok(Reply { id, outcome })
+}
+
+/// An error reply's text without the marker [`super::framing`] puts on a cut string; any
+/// other JSON value there reads as empty (a hostile peer's class is not worth a fault).
+fn cut_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let value = <Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(value
+        .as_str()
+        .map(|text| text.trim_end_matches(CUT_MARKER).to_string())
+        .unwrap_or_default())
 }
 
 /// A short printable prefix of a line for error messages and logs.
@@ -189,33 +195,63 @@ pub struct ExecStatus {
     pub stderr: OutputExcerpt,
 }
 
+/// The `return` of `guest-exec`.
+#[derive(serde::Deserialize)]
+struct ExecStarted {
+    pid: i64,
+}
+
+/// The `return` of `guest-exec-status`, as the agent writes it. A process killed by a
+/// signal has `signal` and no `exitcode`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ExecStatusReply {
+    exited: bool,
+    #[serde(rename = "exitcode")]
+    exit_code: Option<i64>,
+    signal: Option<i64>,
+    out_data: Option<String>,
+    err_data: Option<String>,
+    #[serde(default)]
+    out_truncated: bool,
+    #[serde(default)]
+    err_truncated: bool,
+}
+
 /// Reads the pid from a `guest-exec` reply.
 pub fn parse_exec_started(value: &Value) -> Result<i64, String> {
-    value
-        .get("pid")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| format!("guest-exec reply has no pid: {value}"))
+    ExecStarted::deserialize(value)
+        .map(|started| started.pid)
+        .map_err(|e| {
+            format!(
+                "guest-exec reply: {e}: {}",
+                preview(value.to_string().as_bytes())
+            )
+        })
 }
 
 /// Reads a `guest-exec-status` reply, keeping at most `excerpt_bytes` of each stream.
 pub fn parse_exec_status(value: &Value, excerpt_bytes: usize) -> Result<ExecStatus, String> {
-    let exited = value
-        .get("exited")
-        .and_then(Value::as_bool)
-        .ok_or_else(|| format!("guest-exec-status reply has no exited flag: {value}"))?;
-    let stream = |data: &str, truncated: &str| {
-        output_excerpt(
-            value.get(data).and_then(Value::as_str),
-            value.get(truncated).and_then(Value::as_bool) == Some(true),
-            excerpt_bytes,
+    let reply = ExecStatusReply::deserialize(value).map_err(|e| {
+        format!(
+            "guest-exec-status reply: {e}: {}",
+            preview(value.to_string().as_bytes())
         )
-    };
+    })?;
     Ok(ExecStatus {
-        exited,
-        exit_code: value.get("exitcode").and_then(Value::as_i64),
-        signal: value.get("signal").and_then(Value::as_i64),
-        stdout: stream("out-data", "out-truncated"),
-        stderr: stream("err-data", "err-truncated"),
+        exited: reply.exited,
+        exit_code: reply.exit_code,
+        signal: reply.signal,
+        stdout: output_excerpt(
+            reply.out_data.as_deref(),
+            reply.out_truncated,
+            excerpt_bytes,
+        ),
+        stderr: output_excerpt(
+            reply.err_data.as_deref(),
+            reply.err_truncated,
+            excerpt_bytes,
+        ),
     })
 }
 

@@ -8,14 +8,6 @@ use super::report::{CheckResult, ExecDetails, signal_name};
 use crate::agent::{AgentError, ExecStatus, GuestAgent};
 use crate::config::{ExecCommand, ProbeKind};
 
-/// Status polls of a running guest process: every [`POLL_FIRST`] for the first
-/// [`FAST_POLLS`] (a probe command usually exits within a few milliseconds, and each poll
-/// found too late adds its whole interval to the probe), then doubling up to [`POLL_MAX`]
-/// (a slow command costs the guest few polls). tokio's timer ticks in milliseconds.
-const POLL_FIRST: Duration = Duration::from_millis(1);
-const FAST_POLLS: u32 = 5;
-const POLL_MAX: Duration = Duration::from_millis(100);
-
 /// What a check found, before it becomes a [`super::ProbeReport`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -69,9 +61,9 @@ pub async fn ping(agent: &GuestAgent, timeout: Duration, deadline: Instant) -> O
     }
 }
 
-/// `guest-exec` of the configured command, then `guest-exec-status` polls until it exits
-/// or the deadline passes. A process still running then is handed to the agent task,
-/// which polls it until reaped and refuses to start another for this probe meanwhile.
+/// Runs the configured command in the guest (the agent's guest processes poll it until it
+/// exits or the deadline passes; one still running then stays tracked and keeps this
+/// probe from starting another) and judges its exit.
 pub async fn exec(
     agent: &GuestAgent,
     probe: ProbeKind,
@@ -79,39 +71,9 @@ pub async fn exec(
     timeout: Duration,
     deadline: Instant,
 ) -> Outcome {
-    let pid = match agent.exec(probe, command, deadline).await {
-        Ok(pid) => pid,
-        Err(error) => return Outcome::from_agent_error(&error, timeout),
-    };
-    let mut delay = POLL_FIRST;
-    let mut polls = 0;
-    loop {
-        match agent.exec_status(pid, deadline).await {
-            Ok(status) if status.exited => return exited(status),
-            Ok(_) => {}
-            // The agent no longer knows the pid: nothing is left running.
-            Err(error @ AgentError::Rejected { .. }) => {
-                return Outcome::from_agent_error(&error, timeout);
-            }
-            Err(error) => {
-                agent.abandon(probe, pid);
-                return Outcome::from_agent_error(&error, timeout);
-            }
-        }
-        if Instant::now() + delay >= deadline {
-            agent.abandon(probe, pid);
-            return Outcome::from_agent_error(
-                &AgentError::Timeout {
-                    agent_silent: false,
-                },
-                timeout,
-            );
-        }
-        tokio::time::sleep(delay).await;
-        polls += 1;
-        if polls >= FAST_POLLS {
-            delay = (delay * 2).min(POLL_MAX);
-        }
+    match agent.exec(probe, command, deadline).await {
+        Ok(status) => exited(status),
+        Err(error) => Outcome::from_agent_error(&error, timeout),
     }
 }
 
