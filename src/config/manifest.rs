@@ -8,11 +8,14 @@
 
 use serde_json::{Map, Value};
 
-use super::parse::{
-    self, CHECKS_FIELDS, Checks, Errors, FieldPath, describe, set_value, unknown_field_message,
-    unknown_fields,
+use super::document::{CHECKS_FIELDS, CheckFields, GATEWAY_OWN_FIELDS, read_checks};
+use super::probe_fields::read_probe_field;
+use super::syntax::read_syntax;
+use super::walk::{
+    Errors, FieldPath, describe, document_mapping, expect_mapping, set_value,
+    unknown_field_message, unknown_fields,
 };
-use super::{ConfigErrors, ConfigSource, GatewayFile, ManifestKind, PROBES_ANNOTATION, ProbeKind};
+use super::{ChecksOrigin, GatewayFile, ManifestKind, PROBES_ANNOTATION, ProbeKind};
 
 /// The API group of KubeVirt's kinds; `apiVersion` is `kubevirt.io/<version>`.
 const KUBEVIRT_GROUP: &str = "kubevirt.io/";
@@ -71,7 +74,7 @@ fn check_api_version(map: &Map<String, Value>, kind: ManifestKind, errors: &mut 
 }
 
 /// Where a kind keeps the pod-level parts the gateway reads.
-struct Layout {
+pub(super) struct Layout {
     /// The path to the annotations of the VMI (a VM's template carries the VMI's).
     annotations: &'static [&'static str],
     /// The path to the VMI spec holding `readinessProbe` and `livenessProbe`.
@@ -79,7 +82,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(kind: ManifestKind) -> Layout {
+    pub(super) fn of(kind: ManifestKind) -> Layout {
         match kind {
             ManifestKind::VirtualMachineInstance => Layout {
                 annotations: &["metadata", "annotations"],
@@ -91,6 +94,22 @@ impl Layout {
             },
         }
     }
+
+    /// The path of [`PROBES_ANNOTATION`], which its errors carry.
+    pub(super) fn annotation_path(&self) -> FieldPath {
+        path_of(self.annotations).field(PROBES_ANNOTATION)
+    }
+
+    /// The value of [`PROBES_ANNOTATION`] in `map`, if set; an error when the way to it is
+    /// not KubeVirt's shape.
+    pub(super) fn annotation<'a>(
+        &self,
+        map: &'a Map<String, Value>,
+        errors: &mut Errors,
+    ) -> Option<&'a Value> {
+        descend(map, self.annotations, errors)
+            .and_then(|annotations| set_value(annotations, PROBES_ANNOTATION))
+    }
 }
 
 /// Reads the checks of a manifest: from [`PROBES_ANNOTATION`] when present, otherwise from
@@ -101,89 +120,26 @@ pub(super) fn read_manifest(
     errors: &mut Errors,
 ) -> Option<GatewayFile> {
     let layout = Layout::of(kind);
-    let annotations_path = path_of(layout.annotations);
-    let annotation = descend(map, layout.annotations, errors)
-        .and_then(|annotations| set_value(annotations, PROBES_ANNOTATION));
+    let annotation = layout.annotation(map, errors);
     let checks = match annotation {
-        Some(value) => read_annotation(value, &annotations_path.field(PROBES_ANNOTATION), errors),
+        Some(value) => read_annotation(value, &layout.annotation_path(), errors),
         None => read_own_probes(kind, &layout, map, errors),
     }?;
-    let source = ConfigSource::Manifest {
+    let origin = ChecksOrigin::Manifest {
         kind,
         from_annotation: annotation.is_some(),
     };
-    Some(checks.into_file(source, None, None))
-}
-
-/// The checks of the VMI that virt-launcher hands a hook sidecar at `OnDefineDomain` (the
-/// VMI as JSON): from [`PROBES_ANNOTATION`] only. In a VMI that carries the gateway as a
-/// sidecar, `readinessProbe`/`livenessProbe` are kubelet's `httpGet` probes to the gateway,
-/// not checks for it. Errors read as `validate` reports them for a VMI manifest.
-pub fn checks_from_vmi(vmi_json: &[u8]) -> Result<GatewayFile, ConfigErrors> {
-    let mut errors = Errors::default();
-    let root = FieldPath::root();
-    let file = match serde_json::from_slice::<Value>(vmi_json) {
-        Ok(value) => parse::document_mapping(
-            value,
-            &root,
-            "the VirtualMachineInstance as a JSON object",
-            &mut errors,
-        )
-        .and_then(|map| read_vmi_annotation(&map, &mut errors)),
-        Err(error) => {
-            errors.add(&root, format!("the VMI is not JSON: {error}"));
-            None
-        }
-    };
-    errors.finish(file)
-}
-
-/// The VMI's vsock CID (`status.vsockCID`), for an agent at `vsock://vmi:PORT`.
-pub fn vsock_cid_of_vmi(vmi_json: &[u8]) -> Result<u32, String> {
-    let vmi: Value = serde_json::from_slice(vmi_json).map_err(|e| format!("is not JSON: {e}"))?;
-    let cid = &vmi["status"]["vsockCID"];
-    match cid.as_u64().and_then(|n| u32::try_from(n).ok()) {
-        Some(cid) if cid > 2 => Ok(cid),
-        _ if cid.is_null() => Err("status.vsockCID: not set: the agent is vsock://vmi:PORT, \
-             which needs KubeVirt's VSOCK feature gate and autoattachVSOCK: true on the VM"
-            .into()),
-        _ => Err(format!(
-            "status.vsockCID: {cid} is not a guest CID (3 to 4294967295)"
-        )),
-    }
-}
-
-fn read_vmi_annotation(map: &Map<String, Value>, errors: &mut Errors) -> Option<GatewayFile> {
-    let layout = Layout::of(ManifestKind::VirtualMachineInstance);
-    let annotations_path = path_of(layout.annotations);
-    let annotation_path = annotations_path.field(PROBES_ANNOTATION);
-    let Some(value) = descend(map, layout.annotations, errors)
-        .and_then(|annotations| set_value(annotations, PROBES_ANNOTATION))
-    else {
-        if !errors.is_empty() {
-            // `metadata` or its `annotations` is not a mapping: said already.
-            return None;
-        }
-        errors.add(
-            &annotation_path,
-            "not set: the gateway runs as this VM's hook sidecar and reads its checks from this \
-             annotation of the VM's template (readinessProbe and/or livenessProbe); the VMI's \
-             own probes are kubelet's httpGet probes to the gateway",
-        );
-        return None;
-    };
-    let checks = read_annotation(value, &annotation_path, errors)?;
-    let source = ConfigSource::Manifest {
-        kind: ManifestKind::VirtualMachineInstance,
-        from_annotation: true,
-    };
-    Some(checks.into_file(source, None, None))
+    Some(checks.into_file(origin, None, None))
 }
 
 /// Reads the annotation's value: a YAML or JSON document held in a string, with the checks
 /// fields of a gateway config. Its errors carry the annotation's path followed by the path
 /// inside the document.
-fn read_annotation(value: &Value, path: &FieldPath, errors: &mut Errors) -> Option<Checks> {
+pub(super) fn read_annotation(
+    value: &Value,
+    path: &FieldPath,
+    errors: &mut Errors,
+) -> Option<CheckFields> {
     let Value::String(text) = value else {
         errors.add(
             path,
@@ -196,7 +152,7 @@ fn read_annotation(value: &Value, path: &FieldPath, errors: &mut Errors) -> Opti
         );
         return None;
     };
-    let document = match parse::read_syntax(text) {
+    let document = match read_syntax(text) {
         Ok(document) => document,
         Err(error) => {
             errors.add(
@@ -207,17 +163,17 @@ fn read_annotation(value: &Value, path: &FieldPath, errors: &mut Errors) -> Opti
         }
     };
     let expected = "a mapping with readinessProbe and/or livenessProbe";
-    let map = parse::document_mapping(document, path, expected, errors)?;
-    for key in unknown_fields(&map, CHECKS_FIELDS) {
+    let map = document_mapping(&document, path, expected, errors)?;
+    for key in unknown_fields(map, CHECKS_FIELDS) {
         let message = match key {
-            "listen" | "agent" => {
+            _ if GATEWAY_OWN_FIELDS.contains(&key) => {
                 format!("{key} is set by flags or environment when the config is a manifest")
             }
             _ => unknown_field_message(key, CHECKS_FIELDS),
         };
         errors.add(&path.field(key), message);
     }
-    Some(parse::read_checks(&map, path, errors))
+    Some(read_checks(map, path, errors))
 }
 
 /// Reads the manifest's own probes, as written for stock KubeVirt.
@@ -226,7 +182,7 @@ fn read_own_probes(
     layout: &Layout,
     map: &Map<String, Value>,
     errors: &mut Errors,
-) -> Option<Checks> {
+) -> Option<CheckFields> {
     let spec_path = path_of(layout.vmi_spec);
     let spec = descend(map, layout.vmi_spec, errors);
     let written = |probe: ProbeKind| spec.and_then(|spec| set_value(spec, probe.field()));
@@ -243,10 +199,10 @@ fn read_own_probes(
         return None;
     }
     let spec = spec?;
-    Some(Checks {
-        readiness: parse::read_probe_field(spec, &spec_path, ProbeKind::Readiness, errors),
-        liveness: parse::read_probe_field(spec, &spec_path, ProbeKind::Liveness, errors),
-        ..Checks::default()
+    Some(CheckFields {
+        readiness: read_probe_field(spec, &spec_path, ProbeKind::Readiness, errors),
+        liveness: read_probe_field(spec, &spec_path, ProbeKind::Liveness, errors),
+        ..CheckFields::default()
     })
 }
 
@@ -261,7 +217,7 @@ fn descend<'a>(
     let mut path = FieldPath::root();
     for key in keys {
         path = path.field(key);
-        current = parse::expect_mapping(set_value(current, key)?, &path, errors)?;
+        current = expect_mapping(set_value(current, key)?, &path, errors)?;
     }
     Some(current)
 }
@@ -270,38 +226,59 @@ fn path_of(keys: &[&str]) -> FieldPath {
     keys.iter()
         .fold(FieldPath::root(), |path, key| path.field(key))
 }
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::super::parse::tests::{errors_of, single_error};
-    use super::super::{ExecCommand, Handler, ProbeSpec, parse_document};
     use super::*;
+    use crate::config::test_support::{
+        cat_healthy, errors_of, guest_agent_ping, single_error, single_error_starting_with,
+    };
+    use crate::config::{Handler, ProbeSpec, parse_document};
 
-    const VMI_WITH_ANNOTATION: &str = r#"
+    /// The checks of the README's example, as the annotation's document.
+    const README_CHECKS: &str = r#"readinessProbe:
+  exec:
+    command: ["cat", "/tmp/healthy.txt"]
+  timeoutSeconds: 5
+livenessProbe:
+  guestAgentPing: {}
+"#;
+
+    /// `document` indented by `spaces`, as the content of a block scalar (`key: |`).
+    fn block_content(document: &str, spaces: usize) -> String {
+        document
+            .lines()
+            .map(|line| format!("{:spaces$}{line}\n", ""))
+            .collect()
+    }
+
+    /// A VMI with the README's checks (and `exposeOutput`) in its annotation, and kubelet's
+    /// httpGet probe to the gateway in its spec.
+    fn vmi_with_annotation() -> String {
+        let checks = block_content(&format!("{README_CHECKS}exposeOutput: true\n"), 6);
+        format!(
+            r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata:
   name: vmi-fedora
   annotations:
     probe-gateway.kubevirt.io/probes: |
-      readinessProbe:
-        exec:
-          command: ["cat", "/tmp/healthy.txt"]
-        timeoutSeconds: 5
-      livenessProbe:
-        guestAgentPing: {}
-      exposeOutput: true
-spec:
+{checks}spec:
   readinessProbe:
-    httpGet: {path: /ready, port: 8080}
+    httpGet: {{path: /ready, port: 8080}}
     timeoutSeconds: 6
-"#;
+"#
+        )
+    }
 
     /// The VM of the README: checks in the template's annotation, kubelet's httpGet probes
     /// to the gateway in the template's spec.
-    const VM_WITH_ANNOTATION: &str = r#"
+    fn vm_with_annotation() -> String {
+        let checks = block_content(&format!("{README_CHECKS}livenessGraceSeconds: 300\n"), 10);
+        format!(
+            r#"
 apiVersion: kubevirt.io/v1
 kind: VirtualMachine
 metadata:
@@ -314,43 +291,17 @@ spec:
         kubevirt.io/vm: fedora
       annotations:
         probe-gateway.kubevirt.io/probes: |
-          readinessProbe:
-            exec:
-              command: ["cat", "/tmp/healthy.txt"]
-            timeoutSeconds: 5
-          livenessProbe:
-            guestAgentPing: {}
-          livenessGraceSeconds: 300
-    spec:
+{checks}    spec:
       domain:
-        devices: {}
+        devices: {{}}
       readinessProbe:
-        httpGet: {path: /ready, port: 8080}
+        httpGet: {{path: /ready, port: 8080}}
         timeoutSeconds: 6
       livenessProbe:
-        httpGet: {path: /live, port: 8080}
+        httpGet: {{path: /live, port: 8080}}
         timeoutSeconds: 2
-"#;
-
-    fn cat_healthy(timeout_seconds: u64) -> ProbeSpec {
-        ProbeSpec {
-            handler: Handler::Exec(ExecCommand {
-                path: "cat".into(),
-                args: vec!["/tmp/healthy.txt".into()],
-            }),
-            timeout: Duration::from_secs(timeout_seconds),
-            initial_delay_seconds: 0,
-            period_seconds: 10,
-            success_threshold: 1,
-            failure_threshold: 3,
-        }
-    }
-
-    fn guest_agent_ping() -> ProbeSpec {
-        ProbeSpec {
-            handler: Handler::GuestAgentPing,
-            ..cat_healthy(1)
-        }
+"#
+        )
     }
 
     /// A VM whose template carries `annotation` (already indented as a block scalar's
@@ -363,11 +314,11 @@ spec:
 
     #[test]
     fn a_vmi_takes_its_checks_from_the_annotation() {
-        let file = parse_document(VMI_WITH_ANNOTATION).unwrap();
+        let file = parse_document(&vmi_with_annotation()).unwrap();
         assert_eq!(
             file,
             GatewayFile {
-                source: ConfigSource::Manifest {
+                origin: ChecksOrigin::Manifest {
                     kind: ManifestKind::VirtualMachineInstance,
                     from_annotation: true,
                 },
@@ -386,10 +337,10 @@ spec:
 
     #[test]
     fn a_vm_takes_its_checks_from_its_templates_annotation_and_ignores_its_http_get_probes() {
-        let file = parse_document(VM_WITH_ANNOTATION).unwrap();
+        let file = parse_document(&vm_with_annotation()).unwrap();
         assert_eq!(
-            file.source,
-            ConfigSource::Manifest {
+            file.origin,
+            ChecksOrigin::Manifest {
                 kind: ManifestKind::VirtualMachine,
                 from_annotation: true,
             }
@@ -422,8 +373,8 @@ spec:
         )
         .unwrap();
         assert_eq!(
-            file.source,
-            ConfigSource::Manifest {
+            file.origin,
+            ChecksOrigin::Manifest {
                 kind: ManifestKind::VirtualMachineInstance,
                 from_annotation: false,
             }
@@ -469,14 +420,9 @@ spec:
 
     #[test]
     fn a_syntax_error_in_the_annotation_carries_its_path_and_position() {
-        let error = single_error(
+        let error = single_error_starting_with(
             "kind: VirtualMachineInstance\nmetadata:\n  annotations:\n    probe-gateway.kubevirt.io/probes: \"livenessProbe: [\"\n",
-        );
-        assert!(
-            error.starts_with(
-                "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]: invalid YAML at line 1 column"
-            ),
-            "{error}"
+            "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]: invalid YAML at line 1 column",
         );
         assert!(
             error.ends_with("(lines counted within the annotation value)"),
@@ -515,14 +461,9 @@ spec:
 
     #[test]
     fn an_annotation_written_as_a_mapping_is_rejected_with_the_block_scalar_hint() {
-        let error = single_error(
+        let error = single_error_starting_with(
             "kind: VirtualMachineInstance\nmetadata:\n  annotations:\n    probe-gateway.kubevirt.io/probes:\n      livenessProbe:\n        guestAgentPing: {}\n",
-        );
-        assert!(
-            error.starts_with(
-                "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]: must be a string holding a YAML or JSON document (found a mapping)"
-            ),
-            "{error}"
+            "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]: must be a string holding a YAML or JSON document (found a mapping)",
         );
         assert!(
             error.contains("probe-gateway.kubevirt.io/probes: |"),
@@ -567,10 +508,9 @@ spec:
 
     #[test]
     fn another_kind_is_one_error_not_one_per_kubernetes_field() {
-        let error = single_error("apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {}\n");
-        assert!(
-            error.starts_with("kind: unsupported kind \"Pod\""),
-            "{error}"
+        single_error_starting_with(
+            "apiVersion: v1\nkind: Pod\nmetadata: {}\nspec: {}\n",
+            "kind: unsupported kind \"Pod\"",
         );
     }
 
@@ -588,7 +528,7 @@ spec:
         // KubeVirt's VMI health-check template as published in OpenShift Virtualization's
         // docs: every probe integer field is set, and the handler is httpGet, which the
         // gateway leaves to kubelet.
-        let error = single_error(
+        single_error_starting_with(
             r#"
 apiVersion: kubevirt.io/v1alpha3
 kind: VirtualMachineInstance
@@ -620,12 +560,7 @@ spec:
     containerDisk:
       image: kubevirt/fedora-cloud-registry-disk-demo
 "#,
-        );
-        assert!(
-            error.starts_with(
-                "spec.readinessProbe.httpGet: the gateway runs only exec and guestAgentPing"
-            ),
-            "{error}"
+            "spec.readinessProbe.httpGet: the gateway runs only exec and guestAgentPing",
         );
     }
 
@@ -672,82 +607,5 @@ spec:
                 .map(|spec| (spec.handler, spec.success_threshold)),
             Some((Handler::GuestAgentPing, 1))
         );
-    }
-
-    /// The VMI as virt-launcher hands it to a hook: JSON, with status, and no probes of
-    /// its own for the gateway.
-    fn vmi_json(annotation: Option<&str>) -> Vec<u8> {
-        let annotations = match annotation {
-            Some(text) => serde_json::json!({ PROBES_ANNOTATION: text }),
-            None => serde_json::json!({}),
-        };
-        serde_json::to_vec(&serde_json::json!({
-            "metadata": {"name": "vm-1", "namespace": "default", "annotations": annotations},
-            "spec": {"readinessProbe": {"httpGet": {"port": 8080, "path": "/ready"}}},
-            "status": {"phase": "Scheduled", "vsockCID": 3},
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_hooked_vmi_takes_its_checks_from_the_annotation_only() {
-        let file = checks_from_vmi(&vmi_json(Some(
-            "readinessProbe:\n  exec:\n    command: [cat, /tmp/healthy.txt]\n  timeoutSeconds: 5\n",
-        )))
-        .unwrap();
-        assert_eq!(file.readiness, Some(cat_healthy(5)));
-        assert_eq!(file.liveness, None);
-    }
-
-    #[test]
-    fn a_hooked_vmi_without_the_annotation_is_refused_naming_it() {
-        let errors = checks_from_vmi(&vmi_json(None)).unwrap_err().0;
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(
-            errors[0].path,
-            "metadata.annotations[\"probe-gateway.kubevirt.io/probes\"]"
-        );
-        assert!(errors[0].message.starts_with("not set"), "{errors:?}");
-    }
-
-    #[test]
-    fn a_hooked_vmi_reports_its_annotations_errors_as_validate_does() {
-        let annotation = "readinessProbe:\n  exec:\n    command: []\n  timeoutSeconds: -1\n";
-        let from_hook: Vec<String> = checks_from_vmi(&vmi_json(Some(annotation)))
-            .unwrap_err()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let manifest = format!(
-            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  annotations:\n    \
-             probe-gateway.kubevirt.io/probes: {}\n",
-            serde_json::to_string(annotation).unwrap()
-        );
-        assert_eq!(from_hook, errors_of(&manifest));
-        assert_eq!(from_hook.len(), 2, "{from_hook:?}");
-    }
-
-    #[test]
-    fn a_vmi_whose_annotations_are_not_a_mapping_gets_one_error() {
-        let vmi = br#"{"metadata": {"annotations": ["x"]}}"#;
-        let errors = checks_from_vmi(vmi).unwrap_err().0;
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].path, "metadata.annotations");
-    }
-
-    #[test]
-    fn the_vsock_cid_comes_from_the_vmis_status() {
-        assert_eq!(vsock_cid_of_vmi(&vmi_json(None)), Ok(3));
-        let error = vsock_cid_of_vmi(br#"{"status": {}}"#).unwrap_err();
-        assert!(error.starts_with("status.vsockCID: not set"), "{error}");
-        let error = vsock_cid_of_vmi(br#"{"status": {"vsockCID": 2}}"#).unwrap_err();
-        assert!(error.contains("is not a guest CID"), "{error}");
-    }
-
-    #[test]
-    fn a_vmi_that_is_not_json_is_refused() {
-        let errors = checks_from_vmi(b"<vmi/>").unwrap_err().to_string();
-        assert!(errors.starts_with("the VMI is not JSON"), "{errors}");
     }
 }

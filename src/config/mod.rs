@@ -5,10 +5,24 @@
 //! Parsing never stops at the first problem: every error is collected with the field path it
 //! concerns, so an operator fixes a file in one round. Nothing outside this module re-checks
 //! a value.
+//!
+//! The parser in layers, each over the one before:
+//! - `syntax`: YAML or JSON text into an untyped tree, duplicate keys refused.
+//! - `walk`: field paths, the error list, and the readers of scalar fields.
+//! - `probe_fields`: one probe in KubeVirt's Probe shape.
+//! - `document`: [`parse_document`], a gateway config's fields and the check fields it
+//!   shares with the annotation; `manifest`: a VM or VMI manifest as the config.
+//! - `vmi`: the VMI at `OnDefineDomain` ([`HookedVmi`]).
 
+mod document;
 mod manifest;
-mod parse;
+mod probe_fields;
 mod settings;
+mod syntax;
+#[cfg(test)]
+mod test_support;
+mod vmi;
+mod walk;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,9 +31,9 @@ use std::time::Duration;
 
 use crate::agent::AgentAddress;
 
-pub use manifest::{checks_from_vmi, vsock_cid_of_vmi};
-pub use parse::parse_document;
+pub use document::parse_document;
 pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
+pub use vmi::HookedVmi;
 
 /// The annotation that carries the gateway's checks on a VM or VMI manifest.
 pub const PROBES_ANNOTATION: &str = "probe-gateway.kubevirt.io/probes";
@@ -130,9 +144,10 @@ pub struct ProbeSpec {
     pub failure_threshold: u32,
 }
 
-/// Where the checks of a file came from.
+/// Where the checks of a file came from (not where the file came from: that is
+/// [`crate::reload::ConfigSource`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigSource {
+pub enum ChecksOrigin {
     /// A gateway config file.
     GatewayConfig,
     /// A KubeVirt `VirtualMachine` or `VirtualMachineInstance` manifest.
@@ -163,7 +178,7 @@ impl ManifestKind {
 /// flags and environment can take precedence over the file, and defaults come last.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayFile {
-    pub source: ConfigSource,
+    pub origin: ChecksOrigin,
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentAddress>,
     pub mode: Option<Mode>,
@@ -179,7 +194,7 @@ impl GatewayFile {
     /// A config that sets nothing: hook mode without `--config` starts from it.
     pub fn empty() -> GatewayFile {
         GatewayFile {
-            source: ConfigSource::GatewayConfig,
+            origin: ChecksOrigin::GatewayConfig,
             listen: None,
             agent: None,
             mode: None,
@@ -201,18 +216,18 @@ impl GatewayFile {
 
     /// A one-line description, printed by `validate`.
     pub fn summary(&self) -> String {
-        let source = match self.source {
-            ConfigSource::GatewayConfig => "gateway config".to_string(),
-            ConfigSource::Manifest {
+        let origin = match self.origin {
+            ChecksOrigin::GatewayConfig => "gateway config".to_string(),
+            ChecksOrigin::Manifest {
                 kind,
                 from_annotation: true,
             } => format!("{} (checks from {PROBES_ANNOTATION})", kind.as_str()),
-            ConfigSource::Manifest {
+            ChecksOrigin::Manifest {
                 kind,
                 from_annotation: false,
             } => format!("{} (checks from its probes)", kind.as_str()),
         };
-        let mut parts = vec![source];
+        let mut parts = vec![origin];
         if let Some(mode) = self.mode {
             parts.push(format!("mode {}", mode.as_str()));
         }

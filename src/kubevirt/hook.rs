@@ -21,7 +21,7 @@ use super::proto::info::info_server::{Info, InfoServer};
 use super::proto::info::{HookPoint, InfoParams, InfoResult};
 use super::proto::{v1alpha2, v1alpha3};
 use crate::agent::AgentAddress;
-use crate::config::{self, GatewayFile};
+use crate::config::{GatewayFile, HookedVmi};
 
 /// The hooks directory KubeVirt mounts into hook sidecars and the compute container.
 pub const KUBEVIRT_HOOKS_DIR: &str = "/var/run/kubevirt-hooks";
@@ -258,8 +258,9 @@ impl Callbacks {
     /// message is in virt-launcher's log and the gateway's.
     async fn define(&self, domain_xml: &[u8], vmi: &[u8]) -> Result<Vec<u8>, Status> {
         let mut problems = Vec::new();
+        let vmi = HookedVmi::parse(vmi);
         let checks = if self.setup.checks_from_vmi {
-            match config::checks_from_vmi(vmi) {
+            match vmi.checks() {
                 Ok(file) => Some(Box::new(file)),
                 Err(errors) => {
                     problems.extend(errors.0.iter().map(|e| format!("VMI {e}")));
@@ -272,7 +273,7 @@ impl Callbacks {
         // Taken whenever the VMI has one: the agent in force, or one a config reload names
         // later, may be `vsock://vmi:PORT`. Whether it is required is the gateway's call
         // (the agent in force may change), answered through `applied`.
-        let vsock_cid = config::vsock_cid_of_vmi(vmi).ok();
+        let vsock_cid = vmi.vsock_cid().ok();
         let xml = if self.setup.add_channel {
             match domain::add_agent_channel(domain_xml, &self.setup.channel_path_for_qemu()) {
                 Ok(edited) => {
