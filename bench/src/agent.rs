@@ -131,7 +131,7 @@ impl RawAgent {
         }
     }
 
-    /// Closes as the agent needs (FIELD-NOTES §1): shut down writing, read to EOF.
+    /// Closes as the agent needs (docs/qemu-guest-agent.md, "Closing the connection"): shut down writing, read to EOF.
     pub fn close(self) {
         let _ = self.writer.shutdown(std::net::Shutdown::Write);
         let mut reader = self.reader;

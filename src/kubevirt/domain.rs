@@ -1,6 +1,6 @@
 //! The one edit the gateway makes to a libvirt domain at `OnDefineDomain`: a virtio-serial
 //! channel named [`CHANNEL_NAME`], bound to a unix socket in the hooks directory, for the
-//! guest's second qemu-ga (FIELD-NOTES §7).
+//! guest's second qemu-ga (docs/kubevirt.md, "The private agent channel").
 //!
 //! The XML is read with a real parser (the whole document is read: tags well formed, end
 //! tags matching, one root), but it is edited by byte offset: the channel's text is spliced

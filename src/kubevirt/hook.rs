@@ -1,5 +1,5 @@
 //! KubeVirt's hook-sidecar gRPC services, served on one unix socket in the hooks directory
-//! (FIELD-NOTES §7): `Info` says who the gateway is and which hook points it wants;
+//! (docs/kubevirt.md, "The hook protocol"): `Info` says who the gateway is and which hook points it wants;
 //! `OnDefineDomain` reads the VMI's checks and adds the private agent channel to the
 //! domain; `Shutdown` (after QEMU has exited) stops the gateway.
 //!

@@ -1,7 +1,7 @@
 //! One open stream to the agent: its two halves, what is known about it, and how it is
 //! written to and closed. A listening qemu-ga exits when its client closes with a reply
 //! unread, so a connection is always closed by shutting down writing and draining to EOF
-//! within a bound (docs/qemu-guest-agent.md, "Closing a connection").
+//! within a bound (docs/qemu-guest-agent.md, "Closing the connection").
 
 use std::time::Duration;
 

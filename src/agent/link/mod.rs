@@ -1,7 +1,8 @@
 //! The link: QGA over one long-lived stream (unix socket, vsock, hybrid vsock), owned by
 //! one task; [`QgaLink`] is its handle and the [`AgentBackend`] of those transports.
 //!
-//! Rules the task keeps, all of them from how qemu-ga behaves (docs/qemu-guest-agent.md):
+//! Rules the task keeps, all of them from how qemu-ga behaves (docs/qemu-guest-agent.md: "Request ids", "Ordering
+//! and late replies", "Resync", "Closing the connection"):
 //! - Exactly one command is on the wire; requests queue in a bounded channel.
 //! - Every command carries an id; a reply with another id is stale and dropped, except the
 //!   late reply of a command whose caller left a late sink ([`Call::late`]), which goes there.

@@ -1,7 +1,7 @@
 //! Guest processes: the one owner of every process the gateway starts in the guest, from
 //! its `guest-exec` to the status reply that reaps it.
 //!
-//! The agent cannot kill a process it started (docs/qemu-guest-agent.md, "guest-exec"), so
+//! The agent cannot kill a process it started (docs/qemu-guest-agent.md, "No kill"), so
 //! a probe command that hangs keeps running after its check has given up, and starting a
 //! new one on every probe would pile processes up. Hence the rules kept here, for any
 //! backend below ([`AgentBackend`]):
