@@ -19,7 +19,9 @@ use crate::agent::AgentAddress;
 
 pub use manifest::{checks_from_vmi, vsock_cid_of_vmi};
 pub use parse::parse_document;
-pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
+pub use settings::{
+    CheckSettings, DEFAULT_SHUTDOWN_GRACE, Overrides, ResolveError, Role, ServerSettings, Settings,
+};
 
 /// The annotation that carries the gateway's checks on a VM or VMI manifest.
 pub const PROBES_ANNOTATION: &str = "probe-gateway.kubevirt.io/probes";
