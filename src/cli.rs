@@ -13,9 +13,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
-use crate::agent::{AgentAddress, GuestAgent, VSOCK_OF_VMI_NEEDS_HOOK};
+use crate::agent::{AgentAddress, GuestAgent};
 use crate::app::{Application, HookMode};
-use crate::config::{self, GatewayFile, LoadError, Overrides, ProbeKind, Settings};
+use crate::config::{
+    self, CheckSettings, GatewayFile, LoadError, Overrides, ProbeKind, ResolveError, Role, Settings,
+};
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
 use crate::probe::Checker;
@@ -129,14 +131,12 @@ fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-fn load_settings(config: &std::path::Path, overrides: Overrides) -> Result<Settings, ExitCode> {
-    let file = config::load(config).map_err(|e| config_error(&e))?;
-    Settings::resolve(file, overrides).map_err(|errors| {
-        config_error(&LoadError::Invalid {
-            path: config.display().to_string(),
-            errors,
-        })
-    })
+/// Reports why settings from `path` (a file, or the command line) cannot be resolved.
+fn resolve_error(path: String, error: ResolveError) -> ExitCode {
+    match error {
+        ResolveError::Invalid(errors) => config_error(&LoadError::Invalid { path, errors }),
+        error @ ResolveError::VsockOfVmiNeedsHook => config_error(&error),
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -146,6 +146,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         agent: args.agent,
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
         default_agent: None,
+        role: if args.kubevirt_hook {
+            Role::HookSidecar
+        } else {
+            Role::Standalone
+        },
     };
     let (file, text) = match &args.config {
         Some(path) => match config::load_text(path) {
@@ -185,18 +190,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             text,
         )
     });
-    let settings = match Settings::resolve(file, overrides) {
+    let settings = match Settings::resolve(file, &overrides) {
         Ok(settings) => settings,
-        Err(errors) => {
-            return config_error(&LoadError::Invalid {
-                path: shown,
-                errors,
-            });
-        }
+        Err(error) => return resolve_error(shown, error),
     };
-    if let (AgentAddress::VsockOfVmi { .. }, false) = (&settings.agent, args.kubevirt_hook) {
-        return config_error(&VSOCK_OF_VMI_NEEDS_HOOK);
-    }
     actix_web::rt::System::new().block_on(async move {
         // The gateway runs as a task of its own, and the system's own future only awaits
         // it: tokio's LocalSet polls that future whenever any task on the thread wakes,
@@ -231,13 +228,14 @@ fn check(args: CheckArgs) -> ExitCode {
         agent: args.agent,
         ..Overrides::default()
     };
-    let settings = match load_settings(&args.config, overrides) {
-        Ok(settings) => settings,
-        Err(code) => return code,
+    let file = match config::load(&args.config) {
+        Ok(file) => file,
+        Err(error) => return config_error(&error),
     };
-    if let AgentAddress::VsockOfVmi { .. } = settings.agent {
-        return config_error(&VSOCK_OF_VMI_NEEDS_HOOK);
-    }
+    let settings = match CheckSettings::resolve(file, &overrides) {
+        Ok(settings) => settings,
+        Err(error) => return resolve_error(args.config.display().to_string(), error),
+    };
     let Some(spec) = settings.probe(kind).cloned() else {
         eprintln!(
             "error: {}: {} is not configured",

@@ -1,4 +1,6 @@
-//! Reloading the config file while serving: on SIGHUP, and when the file changes.
+//! Reloading the config file while serving: on SIGHUP, and when the file changes
+//! ([`ConfigReloader`]). Without a config file SIGHUP is still caught, and only logged: its
+//! default action would end the process.
 //!
 //! Kubernetes updates a ConfigMap volume by swapping a symlink (`..data`) in the mounted
 //! directory: the file's own inode never changes and a watch on it sees nothing. So the
@@ -8,13 +10,19 @@
 //! in force changes nothing.
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::config::{self, LoadError, Overrides, Settings};
+use crate::config::{self, CheckSettings, LoadError, Overrides, ResolveError, Settings};
+use crate::kubevirt::vm::{VmKnowledge, settings_for_vm};
+use crate::metrics::Metrics;
+use crate::probe::InForce;
 
 /// Events come in bursts (a ConfigMap swap is several renames): wait this long for quiet.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -48,14 +56,195 @@ impl ConfigSource {
             }
             .to_string()
         })?;
-        let settings = Settings::resolve(file, self.overrides.clone()).map_err(|errors| {
-            LoadError::Invalid {
+        let settings = Settings::resolve(file, &self.overrides).map_err(|error| match error {
+            ResolveError::Invalid(errors) => LoadError::Invalid {
                 path: shown,
                 errors,
             }
-            .to_string()
+            .to_string(),
+            error @ ResolveError::VsockOfVmiNeedsHook => format!("{shown}: {error}"),
         })?;
         Ok((text, settings))
+    }
+}
+
+/// Why the config is read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadCause {
+    /// SIGHUP: the file is read and put in force even when its text is the same.
+    Hangup,
+    /// A change in the file's directory: a read of the same text changes nothing.
+    FileChanged,
+}
+
+/// Reloading: SIGHUP, and the config file's watch when there is a file.
+pub struct ConfigReloader {
+    file: Option<FollowedFile>,
+    hangup: Option<Signal>,
+}
+
+/// The config file followed, and what of it is in force.
+struct FollowedFile {
+    source: ConfigSource,
+    /// The text of the config in force.
+    text: String,
+    /// The checks in force as the file gives them (`vsock://vmi:PORT` unresolved).
+    configured: CheckSettings,
+    /// The listen address the file gave at start: a change is only logged.
+    listen: SocketAddr,
+    watch: Option<ConfigWatch>,
+    /// Read the file at the next turn: it changed between its first read and the start
+    /// of the watch, or its last read was rejected and the VM has changed since.
+    pending: bool,
+    /// The last read was rejected.
+    rejected: bool,
+}
+
+impl ConfigReloader {
+    /// Catches SIGHUP, and follows `config` when there is one: the file (its source and
+    /// the text read) that `settings` came from. Watches before the gateway serves, so a
+    /// change from now on is seen.
+    pub fn start(config: Option<(ConfigSource, String)>, settings: &Settings) -> ConfigReloader {
+        let hangup = signal(SignalKind::hangup())
+            .map_err(|error| match config {
+                Some(_) => tracing::warn!(%error, "cannot wait for SIGHUP"),
+                None => tracing::warn!(%error, "cannot catch SIGHUP"),
+            })
+            .ok();
+        let file = config.map(|(source, text)| {
+            let watch = match ConfigWatch::start(&source.path) {
+                Ok(watch) => Some(watch),
+                Err(error) => {
+                    tracing::warn!(%error, path = %source.path.display(), "cannot watch the config file; reload with SIGHUP");
+                    None
+                }
+            };
+            let pending = std::fs::read_to_string(&source.path).is_ok_and(|now| now != text);
+            FollowedFile {
+                source,
+                text,
+                configured: settings.checks.clone(),
+                listen: settings.server.listen,
+                watch,
+                pending,
+                rejected: false,
+            }
+        });
+        ConfigReloader { file, hangup }
+    }
+
+    /// The checks as the config file gives them, if there is one.
+    pub fn configured(&self) -> Option<&CheckSettings> {
+        self.file.as_ref().map(|file| &file.configured)
+    }
+
+    /// After a definition: a config rejected for want of the VM's vsock CID may now be
+    /// good, so it is read again rather than waiting for the next change.
+    pub fn retry_if_rejected(&mut self) {
+        if let Some(file) = self.file.as_mut() {
+            file.pending |= file.rejected;
+        }
+    }
+
+    /// The next reason to reload; `None` when none can come. A SIGHUP without a config
+    /// file is logged here and waited past.
+    pub async fn next(&mut self) -> Option<ReloadCause> {
+        let has_file = self.file.is_some();
+        loop {
+            let watch = match self.file.as_mut() {
+                Some(file) => {
+                    if std::mem::take(&mut file.pending) {
+                        return Some(ReloadCause::FileChanged);
+                    }
+                    file.watch.as_mut()
+                }
+                None => None,
+            };
+            tokio::select! {
+                Some(()) = or_never(watch.map(ConfigWatch::changed)) => {
+                    return Some(ReloadCause::FileChanged);
+                }
+                Some(()) = or_never(self.hangup.as_mut().map(Signal::recv)) => {
+                    if has_file {
+                        return Some(ReloadCause::Hangup);
+                    }
+                    tracing::info!("SIGHUP: there is no config file to reload");
+                }
+                else => return None,
+            }
+        }
+    }
+
+    /// Reads the file; a valid config replaces the one in force (requests in flight finish
+    /// on the old one), resolved for `vm` when the gateway is a hook sidecar; an invalid
+    /// one is logged with every error and the old one stays. Never waits.
+    pub fn reload(
+        &mut self,
+        cause: ReloadCause,
+        vm: Option<VmKnowledge>,
+        in_force: &InForce,
+        metrics: &Arc<Metrics>,
+    ) {
+        if let Some(file) = self.file.as_mut() {
+            file.reload(cause, vm, in_force, metrics);
+        }
+    }
+}
+
+impl FollowedFile {
+    fn reload(
+        &mut self,
+        cause: ReloadCause,
+        vm: Option<VmKnowledge>,
+        in_force: &InForce,
+        metrics: &Arc<Metrics>,
+    ) {
+        let path = self.source.path.display().to_string();
+        let read = self.source.read().and_then(|(text, configured)| {
+            let checks = settings_for_vm(configured.checks.clone(), vm)
+                .map_err(|problem| format!("{path}: {problem}"))?;
+            Ok((text, configured, checks))
+        });
+        match read {
+            Ok((text, ..)) if text == self.text && cause == ReloadCause::FileChanged => {
+                self.rejected = false;
+            }
+            Ok((text, configured, checks)) => {
+                if configured.server.listen != self.listen {
+                    tracing::warn!(
+                        configured = %configured.server.listen,
+                        listening = %self.listen,
+                        "listen changed in the config: it takes effect at the next restart"
+                    );
+                }
+                let outcome = in_force.put(checks, metrics).as_str();
+                metrics.record_reload(outcome);
+                tracing::info!(path, outcome, "config reloaded");
+                self.text = text;
+                self.rejected = false;
+                self.configured = configured.checks;
+            }
+            Err(errors) => {
+                self.rejected = true;
+                for line in errors.lines() {
+                    tracing::error!(
+                        error = line,
+                        "config reload rejected; the config in force stays"
+                    );
+                }
+                // Counted after it is logged: whoever sees the count finds the reasons.
+                metrics.record_reload("rejected");
+            }
+        }
+    }
+}
+
+/// Awaits `next` when there is one, or never: a `select!` branch for something that may
+/// not exist (no config file, not a hook sidecar).
+pub async fn or_never<T>(next: Option<impl Future<Output = Option<T>>>) -> Option<T> {
+    match next {
+        Some(next) => next.await,
+        None => std::future::pending().await,
     }
 }
 

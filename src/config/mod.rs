@@ -32,7 +32,9 @@ use std::time::Duration;
 use crate::agent::AgentAddress;
 
 pub use document::parse_document;
-pub use settings::{DEFAULT_SHUTDOWN_GRACE, Overrides, Settings};
+pub use settings::{
+    CheckSettings, DEFAULT_SHUTDOWN_GRACE, Overrides, ResolveError, Role, ServerSettings, Settings,
+};
 pub use vmi::HookedVmi;
 
 /// The annotation that carries the gateway's checks on a VM or VMI manifest.

@@ -12,11 +12,11 @@ use super::negotiate::{Format, verbose_flag, wants_json};
 use super::render::{self, Exposure, JsonReport, ProbeUnavailable};
 use crate::config::ProbeKind;
 use crate::metrics::Metrics;
-use crate::probe::{CheckResult, Checker, ChecksInForce, ProbeReport};
+use crate::probe::{CheckResult, Checker, InForce, ProbeReport};
 
 /// What every handler shares.
 pub struct AppState {
-    pub checks: Arc<ChecksInForce>,
+    pub checks: Arc<InForce>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -103,8 +103,7 @@ async fn probe(
         .current()
         .map_err(|reason| fail(ApiError::Waiting(reason)))?;
     let checker = checks
-        .probes
-        .get(kind)
+        .checker(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
     let report = match checks.background_report(kind) {
         Some(report) => report,

@@ -148,3 +148,34 @@ async fn serve(
         }
     }
 }
+
+/// The listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {address}: {source}")]
+pub struct BindError {
+    pub address: std::net::SocketAddr,
+    pub source: io::Error,
+}
+
+/// Binds `address`; the IPv6 wildcard falls back to `0.0.0.0` on hosts without IPv6.
+pub fn bind(address: std::net::SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    match std::net::TcpListener::bind(address) {
+        Ok(listener) => Ok(listener),
+        Err(error) if address.ip().is_unspecified() && address.is_ipv6() && no_ipv6(&error) => {
+            let fallback =
+                std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, address.port()));
+            tracing::info!(%address, %fallback, "IPv6 is unavailable; listening on IPv4 only");
+            std::net::TcpListener::bind(fallback).map_err(|source| BindError {
+                address: fallback,
+                source,
+            })
+        }
+        Err(source) => Err(BindError { address, source }),
+    }
+}
+
+/// True when `error` says the host has no IPv6 (no address, or no such address family).
+fn no_ipv6(error: &io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    error.kind() == io::ErrorKind::AddrNotAvailable || error.raw_os_error() == Some(EAFNOSUPPORT)
+}

@@ -1,9 +1,12 @@
 //! The gateway as a KubeVirt hook sidecar (`serve --kubevirt-hook`): KubeVirt's hook gRPC
 //! services ([`hook`]), the domain edit that gives the gateway a private agent channel
-//! ([`domain`]), and the generated protocol code ([`proto`]).
+//! ([`domain`]), what the gateway knows of its VM and applying its definition ([`vm`]),
+//! and the generated protocol code ([`proto`]).
 
 pub mod domain;
 pub mod hook;
 pub mod proto;
+pub mod vm;
 
 pub use hook::{HookEvent, HookServer, HookSetup};
+pub use vm::{VmKnowledge, WAITING_FOR_DEFINITION};

@@ -70,8 +70,8 @@ impl ThresholdState {
     }
 }
 
-/// What the loop and the readers share.
-struct Shared {
+/// The state of one probe's loop: what the loop writes and the readers read.
+struct LoopState {
     state: ThresholdState,
     last: Option<Arc<ProbeReport>>,
     /// When the result the loop works towards was due: the start of the check in flight,
@@ -108,7 +108,7 @@ fn seconds(count: u32) -> Duration {
 pub struct BackgroundProbe {
     /// Runs the check; its spec is the loop's schedule.
     checker: Arc<Checker>,
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<LoopState>>,
     task: JoinHandle<()>,
 }
 
@@ -123,7 +123,7 @@ impl BackgroundProbe {
     /// runtime.
     pub fn start(checker: Arc<Checker>) -> BackgroundProbe {
         let anchor = Anchor::Started(Instant::now());
-        let shared = Shared {
+        let shared = LoopState {
             state: ThresholdState::initial(checker.kind()),
             last: None,
             due: anchor.next_due(checker.spec()),
@@ -142,7 +142,7 @@ impl BackgroundProbe {
                 .shared
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Shared {
+            LoopState {
                 state: old.state.clone(),
                 last: old.last.clone(),
                 due: old.anchor.next_due(checker.spec()),
@@ -152,7 +152,7 @@ impl BackgroundProbe {
         BackgroundProbe::spawn(checker, shared)
     }
 
-    fn spawn(checker: Arc<Checker>, shared: Shared) -> BackgroundProbe {
+    fn spawn(checker: Arc<Checker>, shared: LoopState) -> BackgroundProbe {
         let shared = Arc::new(Mutex::new(shared));
         let task = tokio::spawn(run_loop(Arc::clone(&checker), Arc::clone(&shared)));
         BackgroundProbe {
@@ -248,7 +248,7 @@ impl BackgroundProbe {
 
 /// Runs the check every `periodSeconds` (measured from the start of the previous one; a
 /// check that overruns the period is followed at once), after `initialDelaySeconds`.
-async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<Shared>>) {
+async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<LoopState>>) {
     let spec = checker.spec();
     let mut due = shared.lock().unwrap_or_else(PoisonError::into_inner).due;
     loop {
@@ -330,68 +330,11 @@ mod tests {
     }
 
     mod with_paused_time {
-        use std::collections::VecDeque;
-
-        use serde_json::{Value, json};
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
         use super::*;
         use crate::agent::GuestAgent;
-        use crate::agent::transport::{BoxStream, Connect, ConnectFuture};
         use crate::config::Handler;
         use crate::metrics::Metrics;
-
-        /// An in-process agent: answers resyncs, and each `guest-ping` with the next
-        /// scripted result (an error reply for `false`).
-        struct Scripted(Arc<Mutex<VecDeque<bool>>>);
-
-        impl Connect for Scripted {
-            fn connect(&self) -> ConnectFuture {
-                let script = Arc::clone(&self.0);
-                Box::pin(async move {
-                    let (client, server) = tokio::io::duplex(4096);
-                    tokio::spawn(serve(server, script));
-                    Ok(Box::new(client) as BoxStream)
-                })
-            }
-
-            fn describe(&self) -> String {
-                "scripted".into()
-            }
-        }
-
-        async fn serve(stream: tokio::io::DuplexStream, script: Arc<Mutex<VecDeque<bool>>>) {
-            let (read, mut write) = tokio::io::split(stream);
-            let mut lines = BufReader::new(read).split(b'\n');
-            while let Ok(Some(line)) = lines.next_segment().await {
-                let text: Vec<u8> = line.into_iter().filter(|&b| b != 0xFF).collect();
-                let Ok(request) = serde_json::from_slice::<Value>(&text) else {
-                    continue;
-                };
-                let reply = match request["execute"].as_str() {
-                    Some("guest-sync-delimited") => {
-                        let mut bytes = vec![0xFF];
-                        bytes.extend(
-                            json!({"return": request["arguments"]["id"]})
-                                .to_string()
-                                .bytes(),
-                        );
-                        bytes
-                    }
-                    _ => {
-                        let pass = script.lock().unwrap().pop_front().unwrap_or(true);
-                        let reply = if pass {
-                            json!({"return": {}, "id": request["id"]})
-                        } else {
-                            json!({"error": {"class": "GenericError", "desc": "scripted"}, "id": request["id"]})
-                        };
-                        reply.to_string().into_bytes()
-                    }
-                };
-                let _ = write.write_all(&reply).await;
-                let _ = write.write_all(b"\n").await;
-            }
-        }
+        use crate::probe::scripted_agent::ScriptedAgent;
 
         fn spec(initial_delay: u32, success: u32, failure: u32) -> ProbeSpec {
             ProbeSpec {
@@ -407,11 +350,7 @@ mod tests {
         /// A checker of `spec` against a scripted agent.
         fn checker(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> Arc<Checker> {
             let metrics = Arc::new(Metrics::new());
-            let agent = GuestAgent::spawn(
-                Scripted(Arc::new(Mutex::new(script.iter().copied().collect()))),
-                1024,
-                Arc::clone(&metrics),
-            );
+            let agent = GuestAgent::spawn(ScriptedAgent::new(script), 1024, Arc::clone(&metrics));
             Checker::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics)
         }
 

@@ -1,22 +1,32 @@
-//! The checks in force: what `/ready` and `/live` run. A [`CheckSet`] is built as a whole
-//! from [`Settings`] (one agent connection, one [`Checker`] per probe) and replaced as a
-//! whole, so a request always sees one consistent set. In KubeVirt hook mode there is none
-//! until the VM is defined.
+//! The probes in force: what `/ready` and `/live` run, and the policy for replacing them.
+//! A [`ProbeSet`] is built as a whole from [`CheckSettings`] (one agent connection, one
+//! [`Checker`] per probe) and replaced as a whole ([`InForce::put`]), so a request always
+//! sees one consistent set. In KubeVirt hook mode there is none until the VM is defined.
+//!
+//! A set replaced is only dropped, never closed: requests in flight hold it and finish on
+//! it, and its agent connection, when the new set does not share it, closes by itself once
+//! the last of them has (the agent task ends gracefully when its last handle goes). Only
+//! the set in force at shutdown is closed explicitly ([`ProbeSet::close`]).
 
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::time::Instant;
 
-use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport, Probes};
+use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport};
 use crate::agent::GuestAgent;
-use crate::config::{Mode, ProbeKind, Settings};
+use crate::config::{CheckSettings, Mode, ProbeKind};
 use crate::metrics::Metrics;
 
+/// Starts the agent client of a new set: [`spawn_agent`] in the gateway, a scripted agent
+/// in tests.
+type SpawnAgent<'a> = &'a dyn Fn(&CheckSettings, &Arc<Metrics>) -> GuestAgent;
+
 /// The probes of one configuration and the agent connection they share.
-pub struct CheckSet {
-    pub settings: Settings,
-    pub probes: Probes,
-    pub agent: GuestAgent,
+pub struct ProbeSet {
+    pub settings: CheckSettings,
+    readiness: Option<Arc<Checker>>,
+    liveness: Option<Arc<Checker>>,
+    agent: GuestAgent,
     /// When the liveness grace began: the first set's start, kept by the sets that follow
     /// it (a reload is not a new VM).
     grace_started: Instant,
@@ -24,12 +34,24 @@ pub struct CheckSet {
     background: Vec<Arc<BackgroundProbe>>,
 }
 
-impl CheckSet {
+/// The set a new one takes over from, on the same agent address.
+#[derive(Clone, Copy)]
+struct Predecessor<'a> {
+    set: &'a ProbeSet,
+    /// One agent client serves both sets: their checkers can be shared.
+    same_connection: bool,
+}
+
+impl ProbeSet {
     /// Starts the agent client and a checker per configured probe. The liveness grace
     /// counts from now. Must run on a tokio runtime.
-    pub fn start(settings: Settings, metrics: &Arc<Metrics>) -> CheckSet {
-        let agent = spawn_agent(&settings, metrics);
-        CheckSet::build(settings, agent, Instant::now(), None, metrics)
+    pub fn start(settings: CheckSettings, metrics: &Arc<Metrics>) -> ProbeSet {
+        ProbeSet::start_with(settings, metrics, &spawn_agent)
+    }
+
+    fn start_with(settings: CheckSettings, metrics: &Arc<Metrics>, spawn: SpawnAgent) -> ProbeSet {
+        let agent = spawn(&settings, metrics);
+        ProbeSet::build(settings, agent, Instant::now(), None, metrics).0
     }
 
     /// The set for `settings` that takes over from `previous` (a reload, a redefinition).
@@ -44,49 +66,61 @@ impl CheckSet {
     ///   check is unchanged, with its check in flight and its loop.
     ///
     /// A new agent address (another vsock CID) starts the probes afresh: what was learnt
-    /// was about another endpoint. The caller closes `previous.agent` when
-    /// [`CheckSet::shares_agent_with`] is false.
-    pub fn follow(previous: &CheckSet, settings: Settings, metrics: &Arc<Metrics>) -> CheckSet {
+    /// was about another endpoint.
+    fn follow(
+        previous: &ProbeSet,
+        settings: CheckSettings,
+        metrics: &Arc<Metrics>,
+        spawn: SpawnAgent,
+    ) -> (ProbeSet, Kept) {
         let same_connection = same_agent(&previous.settings, &settings);
         let agent = if same_connection {
             previous.agent.clone()
         } else {
-            spawn_agent(&settings, metrics)
+            spawn(&settings, metrics)
         };
-        let before = Before {
+        let predecessor = Predecessor {
             set: previous,
             same_connection,
         };
-        let before = (previous.settings.agent == settings.agent).then_some(before);
-        CheckSet::build(settings, agent, previous.grace_started, before, metrics)
+        let predecessor = (previous.settings.agent == settings.agent).then_some(predecessor);
+        let (set, mut kept) = ProbeSet::build(
+            settings,
+            agent,
+            previous.grace_started,
+            predecessor,
+            metrics,
+        );
+        kept.connection = same_connection;
+        (set, kept)
     }
 
-    /// True when both sets use one agent connection.
-    pub fn shares_agent_with(&self, other: &CheckSet) -> bool {
-        same_agent(&self.settings, &other.settings)
-    }
-
-    /// `before`: the set taken over on the same agent address.
+    /// `predecessor`: the set taken over on the same agent address. Returns the set and
+    /// which of its predecessor's checkers and loops it took over.
     fn build(
-        settings: Settings,
+        settings: CheckSettings,
         agent: GuestAgent,
         grace_started: Instant,
-        before: Option<Before<'_>>,
+        predecessor: Option<Predecessor<'_>>,
         metrics: &Arc<Metrics>,
-    ) -> CheckSet {
+    ) -> (ProbeSet, Kept) {
+        let mut kept = Kept::default();
         let grace = (!settings.liveness_grace.is_zero()).then_some(LivenessGrace {
             started: grace_started,
             window: settings.liveness_grace,
         });
-        let checker = |kind: ProbeKind| {
+        let mut checker = |kind: ProbeKind| {
             let spec = settings.probe(kind)?;
             let grace = (kind == ProbeKind::Liveness).then_some(grace).flatten();
-            let kept = before
-                .filter(|before| before.same_connection)
-                .and_then(|before| before.set.probes.get(kind))
+            let unchanged = predecessor
+                .filter(|predecessor| predecessor.same_connection)
+                .and_then(|predecessor| predecessor.set.checker(kind))
                 .filter(|checker| checker.runs(spec, settings.min_interval, grace));
-            Some(match kept {
-                Some(checker) => Arc::clone(checker),
+            Some(match unchanged {
+                Some(checker) => {
+                    kept.checkers.push(kind);
+                    Arc::clone(checker)
+                }
                 None => Checker::new(
                     kind,
                     spec.clone(),
@@ -97,38 +131,46 @@ impl CheckSet {
                 ),
             })
         };
-        let probes = Probes {
-            readiness: checker(ProbeKind::Readiness),
-            liveness: checker(ProbeKind::Liveness),
-        };
-        let background = match settings.mode {
-            Mode::OnDemand => Vec::new(),
-            Mode::Background => ProbeKind::ALL
-                .into_iter()
-                .filter_map(|kind| {
-                    let checker = probes.get(kind)?;
-                    let before = before.and_then(|before| before.set.background_probe(kind));
-                    Some(match before {
-                        // The same checker: the same spec, the same loop.
-                        Some(before) if Arc::ptr_eq(before.checker(), checker) => {
-                            Arc::clone(before)
-                        }
-                        Some(before)
-                            if before.checker().spec().handler == checker.spec().handler =>
-                        {
-                            Arc::new(BackgroundProbe::resume(before, Arc::clone(checker)))
-                        }
-                        _ => Arc::new(BackgroundProbe::start(Arc::clone(checker))),
-                    })
-                })
-                .collect(),
-        };
-        CheckSet {
+        let readiness = checker(ProbeKind::Readiness);
+        let liveness = checker(ProbeKind::Liveness);
+        let mut set = ProbeSet {
             settings,
-            probes,
+            readiness,
+            liveness,
             agent,
             grace_started,
-            background,
+            background: Vec::new(),
+        };
+        if set.settings.mode == Mode::Background {
+            for kind in ProbeKind::ALL {
+                let Some(checker) = set.checker(kind) else {
+                    continue;
+                };
+                let before =
+                    predecessor.and_then(|predecessor| predecessor.set.background_probe(kind));
+                let probe = match before {
+                    // The same checker: the same spec, the same loop.
+                    Some(before) if Arc::ptr_eq(before.checker(), checker) => {
+                        kept.loops.push(kind);
+                        Arc::clone(before)
+                    }
+                    Some(before) if before.checker().spec().handler == checker.spec().handler => {
+                        kept.resumed.push(kind);
+                        Arc::new(BackgroundProbe::resume(before, Arc::clone(checker)))
+                    }
+                    _ => Arc::new(BackgroundProbe::start(Arc::clone(checker))),
+                };
+                set.background.push(probe);
+            }
+        }
+        (set, kept)
+    }
+
+    /// The checker of `kind`, if that probe is configured.
+    pub fn checker(&self, kind: ProbeKind) -> Option<&Arc<Checker>> {
+        match kind {
+            ProbeKind::Readiness => self.readiness.as_ref(),
+            ProbeKind::Liveness => self.liveness.as_ref(),
         }
     }
 
@@ -141,17 +183,15 @@ impl CheckSet {
     pub fn background_report(&self, kind: ProbeKind) -> Option<Arc<ProbeReport>> {
         self.background_probe(kind).map(|probe| probe.report())
     }
+
+    /// Closes the agent connection gracefully (at shutdown); checks after it fail as
+    /// unavailable.
+    pub async fn close(&self) {
+        self.agent.close().await;
+    }
 }
 
-/// The set a new one takes over from, on the same agent address.
-#[derive(Clone, Copy)]
-struct Before<'a> {
-    set: &'a CheckSet,
-    /// One agent client serves both sets: their checkers can be shared.
-    same_connection: bool,
-}
-
-fn spawn_agent(settings: &Settings, metrics: &Arc<Metrics>) -> GuestAgent {
+fn spawn_agent(settings: &CheckSettings, metrics: &Arc<Metrics>) -> GuestAgent {
     GuestAgent::spawn(
         settings.agent.clone(),
         settings.output_excerpt_bytes,
@@ -160,47 +200,347 @@ fn spawn_agent(settings: &Settings, metrics: &Arc<Metrics>) -> GuestAgent {
 }
 
 /// Two settings that one agent client serves: the same address, the same excerpt size.
-fn same_agent(a: &Settings, b: &Settings) -> bool {
+fn same_agent(a: &CheckSettings, b: &CheckSettings) -> bool {
     a.agent == b.agent && a.output_excerpt_bytes == b.output_excerpt_bytes
 }
 
-/// The current [`CheckSet`], or why there is none yet.
-pub struct ChecksInForce {
-    current: RwLock<Option<Arc<CheckSet>>>,
+/// What [`InForce::put`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// The settings are the ones in force (a migration target's second definition, a
+    /// reload of the same file): the set in force stays.
+    Unchanged,
+    /// A new set is in force; it took over `kept` from the one before (nothing for the
+    /// first set).
+    Applied { kept: Kept },
+}
+
+impl SwapOutcome {
+    /// The name in logs and in the `result` label of the reload metric.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SwapOutcome::Unchanged => "unchanged",
+            SwapOutcome::Applied { .. } => "applied",
+        }
+    }
+}
+
+/// What a new set took over from the one before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// The agent connection (same address, same excerpt size).
+    pub connection: bool,
+    /// Probes whose checker goes on as it was: its check in flight, its latest result.
+    pub checkers: Vec<ProbeKind>,
+    /// Background probes whose loop goes on as it was.
+    pub loops: Vec<ProbeKind>,
+    /// Background probes whose new loop resumes the old one's state and schedule.
+    pub resumed: Vec<ProbeKind>,
+}
+
+/// The current [`ProbeSet`], or why there is none yet.
+pub struct InForce {
+    current: RwLock<Option<Arc<ProbeSet>>>,
     /// The reason `/ready` and `/live` give while there is no set.
     waiting: &'static str,
 }
 
-impl ChecksInForce {
+impl InForce {
     /// No set in force yet; `waiting` is why, as `/ready` and `/live` say until one is.
-    pub fn new(waiting: &'static str) -> ChecksInForce {
-        ChecksInForce {
+    pub fn new(waiting: &'static str) -> InForce {
+        InForce {
             current: RwLock::new(None),
             waiting,
         }
     }
 
     /// The set in force, or the reason there is none.
-    pub fn current(&self) -> Result<Arc<CheckSet>, &'static str> {
+    pub fn current(&self) -> Result<Arc<ProbeSet>, &'static str> {
         self.read().clone().ok_or(self.waiting)
     }
 
+    /// Puts `settings`' probes in force, unless they are the ones in force. A new set
+    /// takes over what it can from the old one (see `ProbeSet::follow`). Never waits:
+    /// the old set is dropped, not closed (see the module doc).
+    pub fn put(&self, settings: CheckSettings, metrics: &Arc<Metrics>) -> SwapOutcome {
+        self.put_with(settings, metrics, &spawn_agent)
+    }
+
+    fn put_with(
+        &self,
+        settings: CheckSettings,
+        metrics: &Arc<Metrics>,
+        spawn: SpawnAgent,
+    ) -> SwapOutcome {
+        let current = self.current().ok();
+        let (set, kept) = match &current {
+            Some(current) if current.settings == settings => return SwapOutcome::Unchanged,
+            Some(current) => ProbeSet::follow(current, settings, metrics, spawn),
+            None => (
+                ProbeSet::start_with(settings, metrics, spawn),
+                Kept::default(),
+            ),
+        };
+        self.replace(set);
+        SwapOutcome::Applied { kept }
+    }
+
     /// Puts `set` in force; returns the set it replaces.
-    pub fn replace(&self, set: CheckSet) -> Option<Arc<CheckSet>> {
+    pub fn replace(&self, set: ProbeSet) -> Option<Arc<ProbeSet>> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         current.replace(Arc::new(set))
     }
 
     /// Takes the set out of force (at shutdown).
-    pub fn take(&self) -> Option<Arc<CheckSet>> {
+    pub fn take(&self) -> Option<Arc<ProbeSet>> {
         self.current
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<CheckSet>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<ProbeSet>>> {
         // A panic while holding the lock cannot leave the Option half-written.
         self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::agent::AgentAddress;
+    use crate::config::{Handler, ProbeSpec};
+    use crate::probe::scripted_agent::ScriptedAgent;
+
+    fn ping(timeout_seconds: u64) -> ProbeSpec {
+        ProbeSpec {
+            handler: Handler::GuestAgentPing,
+            timeout: Duration::from_secs(timeout_seconds),
+            initial_delay_seconds: 0,
+            period_seconds: 10,
+            success_threshold: 1,
+            failure_threshold: 3,
+        }
+    }
+
+    /// Both probes pinging the agent at `/agents/NAME`.
+    fn settings(agent: &str) -> CheckSettings {
+        CheckSettings {
+            agent: AgentAddress::Unix(PathBuf::from("/agents").join(agent)),
+            mode: Mode::OnDemand,
+            min_interval: Duration::ZERO,
+            liveness_grace: Duration::ZERO,
+            expose_output: false,
+            output_excerpt_bytes: 1024,
+            readiness: Some(ping(5)),
+            liveness: Some(ping(5)),
+        }
+    }
+
+    fn background(agent: &str) -> CheckSettings {
+        CheckSettings {
+            mode: Mode::Background,
+            ..settings(agent)
+        }
+    }
+
+    /// The probe sets of a test and the scripted agents they reach, by name.
+    struct Fixture {
+        in_force: InForce,
+        metrics: Arc<Metrics>,
+        agents: Vec<(&'static str, Arc<ScriptedAgent>)>,
+    }
+
+    impl Fixture {
+        fn new(agents: &[(&'static str, Arc<ScriptedAgent>)]) -> Fixture {
+            Fixture {
+                in_force: InForce::new("nothing in force"),
+                metrics: Arc::new(Metrics::new()),
+                agents: agents.to_vec(),
+            }
+        }
+
+        fn put(&self, settings: CheckSettings) -> SwapOutcome {
+            let spawn = |settings: &CheckSettings, metrics: &Arc<Metrics>| {
+                let (_, agent) = self
+                    .agents
+                    .iter()
+                    .find(|(name, _)| {
+                        settings.agent == AgentAddress::Unix(PathBuf::from("/agents").join(name))
+                    })
+                    .expect("an agent of the test");
+                GuestAgent::spawn(
+                    Arc::clone(agent),
+                    settings.output_excerpt_bytes,
+                    Arc::clone(metrics),
+                )
+            };
+            self.in_force.put_with(settings, &self.metrics, &spawn)
+        }
+
+        fn current(&self) -> Arc<ProbeSet> {
+            self.in_force.current().expect("a set in force")
+        }
+
+        /// Runs the readiness check of the set in force, as a request would.
+        async fn readiness_passes(&self) -> bool {
+            let set = self.current();
+            let checker = set.checker(ProbeKind::Readiness).expect("readiness");
+            checker.check().await.passed()
+        }
+    }
+
+    fn applied(connection: bool, checkers: &[ProbeKind]) -> SwapOutcome {
+        SwapOutcome::Applied {
+            kept: Kept {
+                connection,
+                checkers: checkers.to_vec(),
+                ..Kept::default()
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_set_takes_over_nothing() {
+        let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
+        assert!(fixture.in_force.current().is_err());
+        assert_eq!(fixture.put(settings("a")), applied(false, &[]));
+        assert!(fixture.current().checker(ProbeKind::Readiness).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_settings_leave_the_set_in_force() {
+        let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
+        fixture.put(settings("a"));
+        let before = fixture.current();
+        assert_eq!(fixture.put(settings("a")), SwapOutcome::Unchanged);
+        assert!(Arc::ptr_eq(&before, &fixture.current()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_check_on_the_same_connection_keeps_the_connection_and_the_other_checker() {
+        let agent = ScriptedAgent::new(&[]);
+        let fixture = Fixture::new(&[("a", Arc::clone(&agent))]);
+        fixture.put(settings("a"));
+        let readiness = Arc::clone(fixture.current().checker(ProbeKind::Readiness).unwrap());
+        let longer = CheckSettings {
+            liveness: Some(ping(7)),
+            ..settings("a")
+        };
+        assert_eq!(fixture.put(longer), applied(true, &[ProbeKind::Readiness]));
+        let current = fixture.current();
+        assert!(Arc::ptr_eq(
+            &readiness,
+            current.checker(ProbeKind::Readiness).unwrap()
+        ));
+        assert_eq!(
+            current.checker(ProbeKind::Liveness).unwrap().timeout(),
+            Duration::from_secs(7)
+        );
+        assert!(fixture.readiness_passes().await);
+        assert_eq!(agent.opened(), 1, "one connection serves both sets");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_background_check_keeps_its_loop_and_a_changed_one_resumes() {
+        let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
+        fixture.put(background("a"));
+        let settings = CheckSettings {
+            liveness: Some(ProbeSpec {
+                failure_threshold: 5,
+                ..ping(5)
+            }),
+            ..background("a")
+        };
+        let outcome = fixture.put(settings);
+        let kept = Kept {
+            connection: true,
+            checkers: vec![ProbeKind::Readiness],
+            loops: vec![ProbeKind::Readiness],
+            resumed: vec![ProbeKind::Liveness],
+        };
+        assert_eq!(outcome, SwapOutcome::Applied { kept });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_excerpt_size_opens_a_connection_and_the_loops_resume_on_it() {
+        let agent = ScriptedAgent::new(&[]);
+        let fixture = Fixture::new(&[("a", Arc::clone(&agent))]);
+        fixture.put(background("a"));
+        let settings = CheckSettings {
+            output_excerpt_bytes: 2048,
+            ..background("a")
+        };
+        let kept = Kept {
+            resumed: vec![ProbeKind::Readiness, ProbeKind::Liveness],
+            ..Kept::default()
+        };
+        assert_eq!(fixture.put(settings), SwapOutcome::Applied { kept });
+        assert!(fixture.readiness_passes().await);
+        agent.until_received(1).await;
+        assert_eq!(agent.opened(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_address_starts_afresh() {
+        let fixture = Fixture::new(&[
+            ("a", ScriptedAgent::new(&[])),
+            ("b", ScriptedAgent::new(&[])),
+        ]);
+        fixture.put(background("a"));
+        assert_eq!(fixture.put(background("b")), applied(false, &[]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_during_a_move_finishes_on_the_old_connection_which_then_closes() {
+        let old = ScriptedAgent::answering_after(Duration::from_secs(2));
+        let new = ScriptedAgent::new(&[]);
+        let fixture = Fixture::new(&[("old", Arc::clone(&old)), ("new", Arc::clone(&new))]);
+        fixture.put(settings("old"));
+        // A request holds the set it started with, as the HTTP handler does.
+        let set = fixture.current();
+        let request = tokio::spawn(async move {
+            let checker = set.checker(ProbeKind::Readiness).expect("readiness");
+            checker.check().await
+        });
+        old.until_received(1).await;
+
+        assert_eq!(fixture.put(settings("new")), applied(false, &[]));
+        assert_eq!(
+            old.open(),
+            1,
+            "the old connection serves the request in flight"
+        );
+        let report = request.await.expect("the request");
+        assert!(report.passed(), "{report:?}");
+        tokio::time::timeout(Duration::from_secs(5), old.until_closed())
+            .await
+            .expect("the old connection closes once no request uses it");
+        assert!(fixture.readiness_passes().await);
+        assert_eq!((new.opened(), new.open()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_set_taken_out_at_shutdown_is_closed() {
+        let agent = ScriptedAgent::new(&[]);
+        let fixture = Fixture::new(&[("a", Arc::clone(&agent))]);
+        fixture.put(settings("a"));
+        // Held elsewhere still (a request that outlived the grace): closing does not wait for it.
+        let held = fixture.current();
+        assert!(fixture.readiness_passes().await);
+        let set = fixture.in_force.take().expect("the set in force");
+        set.close().await;
+        tokio::time::timeout(Duration::from_secs(5), agent.until_closed())
+            .await
+            .expect("closed");
+        assert!(fixture.in_force.current().is_err());
+        let after = held.checker(ProbeKind::Readiness).unwrap().check().await;
+        assert!(
+            !after.passed(),
+            "a closed agent answers no check: {after:?}"
+        );
     }
 }
