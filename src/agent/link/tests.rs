@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::*;
+use crate::agent::backend::{AgentBackend, Call};
 use crate::agent::testing::{Peers, peer_connector};
 
 const SECOND: Duration = Duration::from_secs(1);
