@@ -20,7 +20,7 @@ use crate::config::{
 };
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
-use crate::probe::Checker;
+use crate::probe::ProbeRunner;
 use crate::reload::ConfigSource;
 use crate::telemetry::{self, LogFormat};
 
@@ -262,9 +262,9 @@ fn check(args: CheckArgs) -> ExitCode {
             Arc::clone(&metrics),
         );
         // No liveness grace: a one-off check tells what it finds.
-        let checker = Checker::new(kind, spec, agent.clone(), None, Duration::ZERO, metrics);
+        let runner = ProbeRunner::new(kind, spec, agent.clone(), None, Duration::ZERO, metrics);
         let started = Instant::now();
-        let report = checker.run().await;
+        let report = runner.run().await;
         agent.close().await;
         if report.passed() {
             println!("{kind}: ok ({} ms)", started.elapsed().as_millis());

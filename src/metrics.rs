@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): what operators need to see why a probe fails,
 //! since kubelet's events show only the status code. One [`Metrics`] per process; the
-//! agent task, the checkers and the HTTP layer record into it.
+//! agent task, the runners and the HTTP layer record into it.
 //!
 //! Every label takes values from a closed set (probe, handler, result, command, outcome,
 //! a known path or `other`), so a client cannot grow the series count.

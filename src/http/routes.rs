@@ -12,7 +12,7 @@ use super::negotiate::{Format, verbose_flag, wants_json};
 use super::render::{self, Exposure, JsonReport, ProbeUnavailable};
 use crate::config::ProbeKind;
 use crate::metrics::Metrics;
-use crate::probe::{CheckResult, Checker, InForce, ProbeReport};
+use crate::probe::{CheckResult, InForce, ProbeReport, ProbeRunner};
 
 /// What every handler shares.
 pub struct AppState {
@@ -102,12 +102,12 @@ async fn probe(
         .checks
         .current()
         .map_err(|reason| fail(ApiError::Waiting(reason)))?;
-    let checker = checks
-        .checker(kind)
+    let runner = checks
+        .runner(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
     let report = match checks.background_report(kind) {
         Some(report) => report,
-        None => run_bounded(checker).await,
+        None => run_bounded(runner).await,
     };
     let exposure = Exposure {
         output: checks.settings.expose_output,
@@ -120,18 +120,18 @@ async fn probe(
     Ok(respond(&report, format, exposure))
 }
 
-async fn run_bounded(checker: &Arc<Checker>) -> Arc<ProbeReport> {
+async fn run_bounded(runner: &Arc<ProbeRunner>) -> Arc<ProbeReport> {
     let started = tokio::time::Instant::now();
     let checked_at = SystemTime::now();
-    match tokio::time::timeout(checker.timeout() + RESPONSE_MARGIN, checker.check()).await {
+    match tokio::time::timeout(runner.timeout() + RESPONSE_MARGIN, runner.check()).await {
         Ok(report) => report,
         Err(_) => {
-            tracing::warn!(probe = %checker.kind(), "check overran its timeout; answering without it");
+            tracing::warn!(probe = %runner.kind(), "check overran its timeout; answering without it");
             Arc::new(ProbeReport {
-                probe: checker.kind(),
-                handler: checker.handler(),
+                probe: runner.kind(),
+                handler: runner.handler(),
                 result: CheckResult::Timeout,
-                reason: Some(format!("timed out after {}s", checker.timeout().as_secs())),
+                reason: Some(format!("timed out after {}s", runner.timeout().as_secs())),
                 duration: started.elapsed(),
                 checked_at,
                 exec: None,

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::Checker;
+use super::ProbeRunner;
 use super::report::{BackgroundView, CheckResult, ProbeReport};
 use crate::config::{ProbeKind, ProbeSpec};
 
@@ -107,7 +107,7 @@ fn seconds(count: u32) -> Duration {
 /// One probe run by the gateway's own loop. Dropping it stops the loop.
 pub struct BackgroundProbe {
     /// Runs the check; its spec is the loop's schedule.
-    checker: Arc<Checker>,
+    runner: Arc<ProbeRunner>,
     shared: Arc<Mutex<LoopState>>,
     task: JoinHandle<()>,
 }
@@ -119,24 +119,24 @@ impl Drop for BackgroundProbe {
 }
 
 impl BackgroundProbe {
-    /// Starts the loop of `checker`'s probe in kubelet's initial state. Must run on a tokio
+    /// Starts the loop of `runner`'s probe in kubelet's initial state. Must run on a tokio
     /// runtime.
-    pub fn start(checker: Arc<Checker>) -> BackgroundProbe {
+    pub fn start(runner: Arc<ProbeRunner>) -> BackgroundProbe {
         let anchor = Anchor::Started(Instant::now());
         let shared = LoopState {
-            state: ThresholdState::initial(checker.kind()),
+            state: ThresholdState::initial(runner.kind()),
             last: None,
-            due: anchor.next_due(checker.spec()),
+            due: anchor.next_due(runner.spec()),
             anchor,
         };
-        BackgroundProbe::spawn(checker, shared)
+        BackgroundProbe::spawn(runner, shared)
     }
 
-    /// Starts the loop of `checker`'s probe where `previous` (the same check of the config
+    /// Starts the loop of `runner`'s probe where `previous` (the same check of the config
     /// before a reload) left off: its counts, its state and its latest result stay, and the
     /// next check is due on the new schedule counted from the previous one, so a reload
     /// neither resets readiness to failing nor waits `initialDelaySeconds` again.
-    pub fn resume(previous: &BackgroundProbe, checker: Arc<Checker>) -> BackgroundProbe {
+    pub fn resume(previous: &BackgroundProbe, runner: Arc<ProbeRunner>) -> BackgroundProbe {
         let shared = {
             let old = previous
                 .shared
@@ -145,37 +145,37 @@ impl BackgroundProbe {
             LoopState {
                 state: old.state.clone(),
                 last: old.last.clone(),
-                due: old.anchor.next_due(checker.spec()),
+                due: old.anchor.next_due(runner.spec()),
                 anchor: old.anchor,
             }
         };
-        BackgroundProbe::spawn(checker, shared)
+        BackgroundProbe::spawn(runner, shared)
     }
 
-    fn spawn(checker: Arc<Checker>, shared: LoopState) -> BackgroundProbe {
+    fn spawn(runner: Arc<ProbeRunner>, shared: LoopState) -> BackgroundProbe {
         let shared = Arc::new(Mutex::new(shared));
-        let task = tokio::spawn(run_loop(Arc::clone(&checker), Arc::clone(&shared)));
+        let task = tokio::spawn(run_loop(Arc::clone(&runner), Arc::clone(&shared)));
         BackgroundProbe {
-            checker,
+            runner,
             shared,
             task,
         }
     }
 
     pub fn kind(&self) -> ProbeKind {
-        self.checker.kind()
+        self.runner.kind()
     }
 
-    /// The checker the loop runs.
-    pub fn checker(&self) -> &Arc<Checker> {
-        &self.checker
+    /// The runner the loop runs.
+    pub fn runner(&self) -> &Arc<ProbeRunner> {
+        &self.runner
     }
 
     /// The probe's current state as a report: the latest check's details, the verdict of
     /// the thresholds, and why the two differ when they do.
     pub fn report(&self) -> Arc<ProbeReport> {
         let now = Instant::now();
-        let spec = self.checker.spec();
+        let spec = self.runner.spec();
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         let overdue = now.saturating_duration_since(shared.due);
         let stale = overdue > spec.timeout + STALE_MARGIN;
@@ -230,7 +230,7 @@ impl BackgroundProbe {
     fn no_result_yet(&self, passing: bool) -> ProbeReport {
         ProbeReport {
             probe: self.kind(),
-            handler: self.checker.handler(),
+            handler: self.runner.handler(),
             result: if passing {
                 CheckResult::Success
             } else {
@@ -248,8 +248,8 @@ impl BackgroundProbe {
 
 /// Runs the check every `periodSeconds` (measured from the start of the previous one; a
 /// check that overruns the period is followed at once), after `initialDelaySeconds`.
-async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<LoopState>>) {
-    let spec = checker.spec();
+async fn run_loop(runner: Arc<ProbeRunner>, shared: Arc<Mutex<LoopState>>) {
+    let spec = runner.spec();
     let mut due = shared.lock().unwrap_or_else(PoisonError::into_inner).due;
     loop {
         sleep_until(due).await;
@@ -259,7 +259,7 @@ async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<LoopState>>) {
         shared.lock().unwrap_or_else(PoisonError::into_inner).anchor = Anchor::Checked(started);
         // In its own task (single flight): stopping this loop (a reload replaced the
         // checks) never cancels a check midway and loses track of its guest process.
-        let report = checker.check().await;
+        let report = runner.check().await;
         due = Anchor::Checked(started).next_due(spec);
         let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let flipped = shared.state.record(
@@ -270,7 +270,7 @@ async fn run_loop(checker: Arc<Checker>, shared: Arc<Mutex<LoopState>>) {
         );
         if flipped {
             tracing::info!(
-                probe = %checker.kind(),
+                probe = %runner.kind(),
                 passing = shared.state.passing,
                 reason = report.reason.as_deref(),
                 "{}",
@@ -347,15 +347,15 @@ mod tests {
             }
         }
 
-        /// A checker of `spec` against a scripted agent.
-        fn checker(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> Arc<Checker> {
+        /// A runner of `spec` against a scripted agent.
+        fn runner(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> Arc<ProbeRunner> {
             let metrics = Arc::new(Metrics::new());
             let agent = GuestAgent::spawn(ScriptedAgent::new(script), 1024, Arc::clone(&metrics));
-            Checker::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics)
+            ProbeRunner::new(kind, spec.clone(), agent, None, Duration::ZERO, metrics)
         }
 
         fn probe(kind: ProbeKind, spec: &ProbeSpec, script: &[bool]) -> BackgroundProbe {
-            BackgroundProbe::start(checker(kind, spec, script))
+            BackgroundProbe::start(runner(kind, spec, script))
         }
 
         /// The verdict at each period, sampled halfway between checks.
@@ -434,10 +434,8 @@ mod tests {
                 failure_threshold: 5,
                 ..spec
             };
-            let resumed = BackgroundProbe::resume(
-                &probe,
-                checker(ProbeKind::Readiness, &changed, &[true; 3]),
-            );
+            let resumed =
+                BackgroundProbe::resume(&probe, runner(ProbeKind::Readiness, &changed, &[true; 3]));
             drop(probe);
             let count = |probe: &BackgroundProbe| {
                 let report = probe.report();

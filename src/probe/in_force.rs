@@ -1,6 +1,6 @@
 //! The probes in force: what `/ready` and `/live` run, and the policy for replacing them.
 //! A [`ProbeSet`] is built as a whole from [`CheckSettings`] (one agent connection, one
-//! [`Checker`] per probe) and replaced as a whole ([`InForce::put`]), so a request always
+//! [`ProbeRunner`] per probe) and replaced as a whole ([`InForce::put`]), so a request always
 //! sees one consistent set. In KubeVirt hook mode there is none until the VM is defined.
 //!
 //! A set replaced is only dropped, never closed: requests in flight hold it and finish on
@@ -12,7 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::time::Instant;
 
-use super::{BackgroundProbe, Checker, LivenessGrace, ProbeReport};
+use super::{BackgroundProbe, LivenessGrace, ProbeReport, ProbeRunner};
 use crate::agent::GuestAgent;
 use crate::config::{CheckSettings, Mode, ProbeKind};
 use crate::metrics::Metrics;
@@ -24,8 +24,8 @@ type SpawnAgent<'a> = &'a dyn Fn(&CheckSettings, &Arc<Metrics>) -> GuestAgent;
 /// The probes of one configuration and the agent connection they share.
 pub struct ProbeSet {
     pub settings: CheckSettings,
-    readiness: Option<Arc<Checker>>,
-    liveness: Option<Arc<Checker>>,
+    readiness: Option<Arc<ProbeRunner>>,
+    liveness: Option<Arc<ProbeRunner>>,
     agent: GuestAgent,
     /// When the liveness grace began: the first set's start, kept by the sets that follow
     /// it (a reload is not a new VM).
@@ -38,12 +38,12 @@ pub struct ProbeSet {
 #[derive(Clone, Copy)]
 struct Predecessor<'a> {
     set: &'a ProbeSet,
-    /// One agent client serves both sets: their checkers can be shared.
+    /// One agent client serves both sets: their runners can be shared.
     same_connection: bool,
 }
 
 impl ProbeSet {
-    /// Starts the agent client and a checker per configured probe. The liveness grace
+    /// Starts the agent client and a runner per configured probe. The liveness grace
     /// counts from now. Must run on a tokio runtime.
     pub fn start(settings: CheckSettings, metrics: &Arc<Metrics>) -> ProbeSet {
         ProbeSet::start_with(settings, metrics, &spawn_agent)
@@ -96,7 +96,7 @@ impl ProbeSet {
     }
 
     /// `predecessor`: the set taken over on the same agent address. Returns the set and
-    /// which of its predecessor's checkers and loops it took over.
+    /// which of its predecessor's runners and loops it took over.
     fn build(
         settings: CheckSettings,
         agent: GuestAgent,
@@ -109,19 +109,19 @@ impl ProbeSet {
             started: grace_started,
             window: settings.liveness_grace,
         });
-        let mut checker = |kind: ProbeKind| {
+        let mut runner = |kind: ProbeKind| {
             let spec = settings.probe(kind)?;
             let grace = (kind == ProbeKind::Liveness).then_some(grace).flatten();
             let unchanged = predecessor
                 .filter(|predecessor| predecessor.same_connection)
-                .and_then(|predecessor| predecessor.set.checker(kind))
-                .filter(|checker| checker.runs(spec, settings.min_interval, grace));
+                .and_then(|predecessor| predecessor.set.runner(kind))
+                .filter(|runner| runner.runs(spec, settings.min_interval, grace));
             Some(match unchanged {
-                Some(checker) => {
-                    kept.checkers.push(kind);
-                    Arc::clone(checker)
+                Some(runner) => {
+                    kept.runners.push(kind);
+                    Arc::clone(runner)
                 }
-                None => Checker::new(
+                None => ProbeRunner::new(
                     kind,
                     spec.clone(),
                     agent.clone(),
@@ -131,8 +131,8 @@ impl ProbeSet {
                 ),
             })
         };
-        let readiness = checker(ProbeKind::Readiness);
-        let liveness = checker(ProbeKind::Liveness);
+        let readiness = runner(ProbeKind::Readiness);
+        let liveness = runner(ProbeKind::Liveness);
         let mut set = ProbeSet {
             settings,
             readiness,
@@ -143,22 +143,22 @@ impl ProbeSet {
         };
         if set.settings.mode == Mode::Background {
             for kind in ProbeKind::ALL {
-                let Some(checker) = set.checker(kind) else {
+                let Some(runner) = set.runner(kind) else {
                     continue;
                 };
                 let before =
                     predecessor.and_then(|predecessor| predecessor.set.background_probe(kind));
                 let probe = match before {
-                    // The same checker: the same spec, the same loop.
-                    Some(before) if Arc::ptr_eq(before.checker(), checker) => {
+                    // The same runner: the same spec, the same loop.
+                    Some(before) if Arc::ptr_eq(before.runner(), runner) => {
                         kept.loops.push(kind);
                         Arc::clone(before)
                     }
-                    Some(before) if before.checker().spec().handler == checker.spec().handler => {
+                    Some(before) if before.runner().spec().handler == runner.spec().handler => {
                         kept.resumed.push(kind);
-                        Arc::new(BackgroundProbe::resume(before, Arc::clone(checker)))
+                        Arc::new(BackgroundProbe::resume(before, Arc::clone(runner)))
                     }
-                    _ => Arc::new(BackgroundProbe::start(Arc::clone(checker))),
+                    _ => Arc::new(BackgroundProbe::start(Arc::clone(runner))),
                 };
                 set.background.push(probe);
             }
@@ -166,8 +166,8 @@ impl ProbeSet {
         (set, kept)
     }
 
-    /// The checker of `kind`, if that probe is configured.
-    pub fn checker(&self, kind: ProbeKind) -> Option<&Arc<Checker>> {
+    /// The runner of `kind`, if that probe is configured.
+    pub fn runner(&self, kind: ProbeKind) -> Option<&Arc<ProbeRunner>> {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),
@@ -230,8 +230,8 @@ impl SwapOutcome {
 pub struct Kept {
     /// The agent connection (same address, same excerpt size).
     pub connection: bool,
-    /// Probes whose checker goes on as it was: its check in flight, its latest result.
-    pub checkers: Vec<ProbeKind>,
+    /// Probes whose runner goes on as it was: its check in flight, its latest result.
+    pub runners: Vec<ProbeKind>,
     /// Background probes whose loop goes on as it was.
     pub loops: Vec<ProbeKind>,
     /// Background probes whose new loop resumes the old one's state and schedule.
@@ -388,16 +388,16 @@ mod tests {
         /// Runs the readiness check of the set in force, as a request would.
         async fn readiness_passes(&self) -> bool {
             let set = self.current();
-            let checker = set.checker(ProbeKind::Readiness).expect("readiness");
-            checker.check().await.passed()
+            let runner = set.runner(ProbeKind::Readiness).expect("readiness");
+            runner.check().await.passed()
         }
     }
 
-    fn applied(connection: bool, checkers: &[ProbeKind]) -> SwapOutcome {
+    fn applied(connection: bool, runners: &[ProbeKind]) -> SwapOutcome {
         SwapOutcome::Applied {
             kept: Kept {
                 connection,
-                checkers: checkers.to_vec(),
+                runners: runners.to_vec(),
                 ..Kept::default()
             },
         }
@@ -408,7 +408,7 @@ mod tests {
         let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
         assert!(fixture.in_force.current().is_err());
         assert_eq!(fixture.put(settings("a")), applied(false, &[]));
-        assert!(fixture.current().checker(ProbeKind::Readiness).is_some());
+        assert!(fixture.current().runner(ProbeKind::Readiness).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -425,7 +425,7 @@ mod tests {
         let agent = ScriptedAgent::new(&[]);
         let fixture = Fixture::new(&[("a", Arc::clone(&agent))]);
         fixture.put(settings("a"));
-        let readiness = Arc::clone(fixture.current().checker(ProbeKind::Readiness).unwrap());
+        let readiness = Arc::clone(fixture.current().runner(ProbeKind::Readiness).unwrap());
         let longer = CheckSettings {
             liveness: Some(ping(7)),
             ..settings("a")
@@ -434,10 +434,10 @@ mod tests {
         let current = fixture.current();
         assert!(Arc::ptr_eq(
             &readiness,
-            current.checker(ProbeKind::Readiness).unwrap()
+            current.runner(ProbeKind::Readiness).unwrap()
         ));
         assert_eq!(
-            current.checker(ProbeKind::Liveness).unwrap().timeout(),
+            current.runner(ProbeKind::Liveness).unwrap().timeout(),
             Duration::from_secs(7)
         );
         assert!(fixture.readiness_passes().await);
@@ -458,7 +458,7 @@ mod tests {
         let outcome = fixture.put(settings);
         let kept = Kept {
             connection: true,
-            checkers: vec![ProbeKind::Readiness],
+            runners: vec![ProbeKind::Readiness],
             loops: vec![ProbeKind::Readiness],
             resumed: vec![ProbeKind::Liveness],
         };
@@ -503,8 +503,8 @@ mod tests {
         // A request holds the set it started with, as the HTTP handler does.
         let set = fixture.current();
         let request = tokio::spawn(async move {
-            let checker = set.checker(ProbeKind::Readiness).expect("readiness");
-            checker.check().await
+            let runner = set.runner(ProbeKind::Readiness).expect("readiness");
+            runner.check().await
         });
         old.until_received(1).await;
 
@@ -537,7 +537,7 @@ mod tests {
             .await
             .expect("closed");
         assert!(fixture.in_force.current().is_err());
-        let after = held.checker(ProbeKind::Readiness).unwrap().check().await;
+        let after = held.runner(ProbeKind::Readiness).unwrap().check().await;
         assert!(
             !after.passed(),
             "a closed agent answers no check: {after:?}"

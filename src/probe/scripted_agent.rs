@@ -1,5 +1,5 @@
 //! Test support: an in-process guest agent over `tokio::io::duplex`, for the tests of
-//! checkers, background loops and probe sets, which need an agent to talk to but not a
+//! runners, background loops and probe sets, which need an agent to talk to but not a
 //! real one. It answers resyncs at once, and every other command (`guest-ping`) with the
 //! next scripted result after a fixed delay; it counts the commands it received and the
 //! connections opened to it and still open.

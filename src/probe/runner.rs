@@ -1,4 +1,4 @@
-//! [`Checker`]: one configured probe, with single flight and the liveness grace.
+//! [`ProbeRunner`]: one configured probe, with single flight and the liveness grace.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::checks::{self, Outcome};
+use super::handlers::{self, Outcome};
 use super::report::{CheckResult, ProbeReport};
 use crate::agent::GuestAgent;
 use crate::config::{Handler, ProbeKind, ProbeSpec};
@@ -25,32 +25,32 @@ type Flight = watch::Receiver<Option<Arc<ProbeReport>>>;
 
 /// Runs one probe's check. Concurrent callers share the check in flight, so a burst of
 /// requests costs the guest one command, not one each.
-pub struct Checker {
+pub struct ProbeRunner {
     kind: ProbeKind,
     spec: ProbeSpec,
     agent: GuestAgent,
     grace: Option<LivenessGrace>,
     metrics: Arc<Metrics>,
     flight: Mutex<Option<Flight>>,
-    /// `minIntervalSeconds`: a result younger than this is reused by [`Checker::check`].
+    /// `minIntervalSeconds`: a result younger than this is reused by [`ProbeRunner::check`].
     min_interval: Duration,
-    /// The latest result of [`Checker::check`] and when it arrived.
+    /// The latest result of [`ProbeRunner::check`] and when it arrived.
     latest: Mutex<Option<(Instant, Arc<ProbeReport>)>>,
     /// Pass/fail and reason of the previous check, to log changes once, not every check.
     last: Mutex<Option<(bool, String)>>,
 }
 
-/// Empties a checker's flight slot when the check task ends, however it ends, unless a
+/// Empties a runner's flight slot when the check task ends, however it ends, unless a
 /// newer flight has taken the slot meanwhile.
 struct FlightLanding {
-    checker: Arc<Checker>,
+    runner: Arc<ProbeRunner>,
     flight: Flight,
 }
 
 impl Drop for FlightLanding {
     fn drop(&mut self) {
         let mut slot = self
-            .checker
+            .runner
             .flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -60,7 +60,7 @@ impl Drop for FlightLanding {
     }
 }
 
-impl Checker {
+impl ProbeRunner {
     pub fn new(
         kind: ProbeKind,
         spec: ProbeSpec,
@@ -68,8 +68,8 @@ impl Checker {
         grace: Option<LivenessGrace>,
         min_interval: Duration,
         metrics: Arc<Metrics>,
-    ) -> Arc<Checker> {
-        Arc::new(Checker {
+    ) -> Arc<ProbeRunner> {
+        Arc::new(ProbeRunner {
             kind,
             spec,
             agent,
@@ -98,7 +98,7 @@ impl Checker {
         self.spec.timeout
     }
 
-    /// True when this checker runs exactly the check these settings describe (on the same
+    /// True when this runner runs exactly the check these settings describe (on the same
     /// agent), so a new set of checks can keep it, with its check in flight and its
     /// latest result.
     pub fn runs(
@@ -157,7 +157,7 @@ impl Checker {
         tokio::spawn(async move {
             // Cleared on every exit, a panic included: a dead flight must not be joined.
             let _landing = FlightLanding {
-                checker: Arc::clone(&this),
+                runner: Arc::clone(&this),
                 flight: publish.subscribe(),
             };
             let report = Arc::new(this.run().await);
@@ -178,9 +178,11 @@ impl Checker {
         let started = Instant::now();
         let deadline = started + self.spec.timeout;
         let outcome = match &self.spec.handler {
-            Handler::GuestAgentPing => checks::ping(&self.agent, self.spec.timeout, deadline).await,
+            Handler::GuestAgentPing => {
+                handlers::ping(&self.agent, self.spec.timeout, deadline).await
+            }
             Handler::Exec(command) => {
-                checks::exec(&self.agent, self.kind, command, self.spec.timeout, deadline).await
+                handlers::exec(&self.agent, self.kind, command, self.spec.timeout, deadline).await
             }
         };
         let outcome = self.apply_grace(outcome);
