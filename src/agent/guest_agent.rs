@@ -78,3 +78,71 @@ impl GuestAgent {
         self.backend.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::agent::testing::peer_connector;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// The link and the process owner together: a `guest-exec` reply that comes after its
+    /// deadline is adopted, and its process blocks the probe's next one until it exits.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_pid_reply_is_tracked_and_blocks_a_second_guest_process_until_it_exits() {
+        let (connector, mut peers) = peer_connector();
+        let metrics = Arc::new(Metrics::new());
+        let agent = GuestAgent::spawn(connector, 64, Arc::clone(&metrics));
+        let mut peer = peers.accept_in_step().await;
+        let command = ExecCommand {
+            path: "true".into(),
+            args: vec![],
+        };
+        let exec = |agent: &GuestAgent| {
+            let (agent, command) = (agent.clone(), command.clone());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + SECOND;
+                agent.exec(ProbeKind::Readiness, &command, deadline).await
+            })
+        };
+        let first = exec(&agent);
+        let started = peer.expect("guest-exec").await;
+        let timed_out = AgentError::Timeout {
+            agent_silent: false,
+        };
+        assert_eq!(first.await.unwrap(), Err(timed_out));
+        // The pid comes late, before the answer to the resync that followed the timeout.
+        peer.reply(&started, json!({"pid": 4242})).await;
+        peer.answer_sync().await;
+        let poll = peer.expect("guest-exec-status").await;
+        assert_eq!(poll["arguments"]["pid"], 4242);
+        peer.reply(&poll, json!({"exited": false})).await;
+        let second = exec(&agent).await.unwrap();
+        assert_eq!(
+            second,
+            Err(AgentError::PreviousStillRunning { pid: Some(4242) })
+        );
+        let poll = peer.expect("guest-exec-status").await;
+        assert_eq!(metrics.guest_processes_running.get(), 1);
+        peer.reply(&poll, json!({"exited": true, "exitcode": 0}))
+            .await;
+        // Reaped once its keeper has read that reply.
+        while metrics.guest_processes_running.get() != 0 {
+            tokio::task::yield_now().await;
+        }
+        let third = exec(&agent);
+        let started = peer.expect("guest-exec").await;
+        peer.reply(&started, json!({"pid": 4243})).await;
+        let poll = peer.expect("guest-exec-status").await;
+        peer.reply(&poll, json!({"exited": true, "exitcode": 0}))
+            .await;
+        assert_eq!(
+            third.await.unwrap().map(|status| status.exit_code),
+            Ok(Some(0))
+        );
+    }
+}

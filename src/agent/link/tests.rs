@@ -298,3 +298,35 @@ async fn an_unanswered_resync_is_sent_again_backing_off() {
     let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps, [SECOND, 2 * SECOND, 4 * SECOND]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stale_lines_left_on_the_stream_are_never_taken_for_answers() {
+    let (link, mut peers) = link();
+    let mut peer = peers.accept().await;
+    // What an earlier client left on a virtio-serial stream: successes with ids the link
+    // might use, and a sync reply that is not the link's.
+    let mut stale = Vec::new();
+    for id in 0..64 {
+        stale.extend(
+            format!("{{\"return\": {{\"exited\": true, \"exitcode\": 0}}, \"id\": {id}}}\n")
+                .bytes(),
+        );
+    }
+    stale.extend(b"\xff{\"return\": 12345}\n{\"return\": {\"pid\": 1}}\n");
+    peer.write(&stale).await;
+    peer.answer_sync().await;
+    for pid in 1..=3 {
+        let status = call(&link, status_of(pid), SECOND, None);
+        let request = peer.expect("guest-exec-status").await;
+        // A success with the neighbouring id comes first.
+        let decoy = json!({"id": request["id"].as_u64().unwrap() - 1});
+        peer.reply(&decoy, json!({"exited": true, "exitcode": 0}))
+            .await;
+        peer.reply(&request, json!({"exited": true, "exitcode": 1}))
+            .await;
+        assert_eq!(
+            status.await.unwrap(),
+            Ok(json!({"exited": true, "exitcode": 1}))
+        );
+    }
+}

@@ -5,8 +5,7 @@
 //! the script says otherwise.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -16,10 +15,6 @@ use tokio::net::UnixListener;
 pub enum Action {
     /// Write these bytes.
     Send(Vec<u8>),
-    /// Wait before the next action (the agent is busy: nothing else is read meanwhile).
-    Pause(Duration),
-    /// Answer nothing.
-    Nothing,
 }
 
 /// `{"return": value, "id": id}` as a line.
@@ -29,13 +24,12 @@ pub fn reply(request: &Value, value: Value) -> Action {
     Action::Send(line.into_bytes())
 }
 
-/// The script: given a request (not a sync) and what was received so far, the actions.
+/// The script: given a request (not a sync), the actions.
 pub type Script = dyn Fn(&Value) -> Vec<Action> + Send + Sync;
 
 pub struct FakeAgent {
     _dir: tempfile::TempDir,
     socket: PathBuf,
-    received: Arc<Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,36 +40,20 @@ impl FakeAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("fake.sock");
         let listener = UnixListener::bind(&socket).expect("bind fake agent");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&received);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                serve(stream, &on_connect, &script, &log).await;
+                serve(stream, &on_connect, &script).await;
             }
         });
         FakeAgent {
             _dir: dir,
             socket,
-            received,
             task,
         }
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
-    }
-
-    /// The requests received so far (syncs included), in order.
-    pub fn received(&self) -> Vec<Value> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// How many requests of `command` arrived.
-    pub fn count(&self, command: &str) -> usize {
-        self.received()
-            .iter()
-            .filter(|r| r["execute"] == command)
-            .count()
     }
 }
 
@@ -85,12 +63,7 @@ impl Drop for FakeAgent {
     }
 }
 
-async fn serve(
-    stream: tokio::net::UnixStream,
-    on_connect: &[u8],
-    script: &Arc<Script>,
-    log: &Arc<Mutex<Vec<Value>>>,
-) {
+async fn serve(stream: tokio::net::UnixStream, on_connect: &[u8], script: &Arc<Script>) {
     let (read, mut write) = stream.into_split();
     if write.write_all(on_connect).await.is_err() {
         return;
@@ -114,7 +87,6 @@ async fn serve(
         let Ok(request) = serde_json::from_slice::<Value>(text) else {
             continue;
         };
-        log.lock().unwrap().push(request.clone());
         let actions = if request["execute"] == "guest-sync-delimited" {
             let mut bytes = vec![0xFF];
             bytes.extend_from_slice(
@@ -125,14 +97,9 @@ async fn serve(
             script(&request)
         };
         for action in actions {
-            match action {
-                Action::Send(bytes) => {
-                    if write.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Action::Pause(duration) => tokio::time::sleep(duration).await,
-                Action::Nothing => {}
+            let Action::Send(bytes) = action;
+            if write.write_all(&bytes).await.is_err() {
+                return;
             }
         }
     }
