@@ -49,3 +49,16 @@ ensure_qemu_system() {
   apt_install qemu-system-x86 ||
     echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
 }
+
+# The cargo-deny that scripts/test.sh runs, pinned: a new release may add checks that fail
+# a tree which passed. 0.20.2 builds with Rust 1.88 and later.
+CARGO_DENY_VERSION=0.20.2
+
+# Installs that cargo-deny from crates.io when it is missing or another version: a release
+# build of about 200 crates, once per machine (5.5 min of CPU; 16 min here, where the two
+# cores were shared with other builds). The check itself then takes about 2 s.
+ensure_cargo_deny() {
+  [ "$(cargo deny --version 2>/dev/null)" = "cargo-deny $CARGO_DENY_VERSION" ] && return 0
+  echo "cargo-deny $CARGO_DENY_VERSION not found: installing it from crates.io" >&2
+  cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
+}

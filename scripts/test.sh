@@ -21,6 +21,12 @@ python3 -m pip install -q --disable-pip-version-check -r scripts/requirements-te
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
+# The dependency tree against deny.toml: one version of each crate (or a justified skip),
+# crates.io only, licences from the allow-list. Not `advisories`: it fetches the RustSec
+# database from git, which these machines cannot reach (package registries only).
+ensure_cargo_deny
+cargo deny --locked check bans licenses sources
+
 # The coverage-guided fuzz target for the agent stream, for a bounded time (before the
 # tests, so that the test runner's summary is the last thing printed).
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" scripts/fuzz.sh

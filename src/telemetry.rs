@@ -12,9 +12,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The default filter: the gateway's events at info, the HTTP server's start-up chatter
-/// (worker counts, runtime detection) only when something is wrong.
-const DEFAULT_FILTER: &str = "info,actix_server=warn";
+/// The default filter: every crate at info (the README's default). actix-server is in the
+/// tree only because actix-web depends on it; its server is never started
+/// (src/http/server.rs accepts and serves), so there is no start-up chatter to quiet.
+const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 pub fn init(format: LogFormat) {

@@ -3,6 +3,12 @@
 //! the suite links once; nextest runs these serially (.config/nextest.toml) because many
 //! assert deadlines.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test harness: a failed set-up step panics with its message, which is the test's failure report"
+)]
+
 mod support;
 
 mod agent_faults;

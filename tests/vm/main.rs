@@ -2,6 +2,12 @@
 //! QEMU guest, behind a virtio-serial port (tests/vm/README.md). One at a time
 //! (.config/nextest.toml): a guest under TCG wants a core to itself.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test harness: a failed set-up step panics with its message, which is the test's failure report"
+)]
+
 // The same harness as the agent tests (the gateway binary, `eventually`).
 mod guest;
 mod qga_client;
