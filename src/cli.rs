@@ -13,10 +13,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
-use crate::agent::{AgentAddress, GuestAgent};
+use crate::agent::GuestAgent;
 use crate::app::{Application, HookMode};
 use crate::config::{
-    self, CheckSettings, GatewayFile, LoadError, Overrides, ProbeKind, ResolveError, Role, Settings,
+    self, AgentSetting, CheckSettings, GatewayFile, LoadError, Overrides, ProbeKind, ResolveError,
+    Role, Settings,
 };
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
@@ -74,7 +75,7 @@ pub struct ServeArgs {
     pub listen: Option<SocketAddr>,
     /// The agent: unix:///path or an absolute path.
     #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
-    pub agent: Option<AgentAddress>,
+    pub agent: Option<AgentSetting>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds to finish in-flight requests after SIGTERM [default: 5].
@@ -96,7 +97,7 @@ pub struct CheckArgs {
     #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config: PathBuf,
     #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
-    pub agent: Option<AgentAddress>,
+    pub agent: Option<AgentSetting>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -107,8 +108,8 @@ pub struct ValidateArgs {
     pub config: PathBuf,
 }
 
-fn parse_agent(text: &str) -> Result<AgentAddress, String> {
-    AgentAddress::parse(text)
+fn parse_agent(text: &str) -> Result<AgentSetting, String> {
+    AgentSetting::parse(text)
 }
 
 /// Runs a parsed command line.

@@ -6,10 +6,6 @@ use std::path::PathBuf;
 /// The accepted forms, quoted in every error about an agent address.
 pub const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
 
-/// Why `vsock://vmi:PORT` cannot be used outside KubeVirt hook mode.
-pub const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
-     --kubevirt-hook; give vsock://CID:PORT otherwise";
-
 /// The address of a qemu-guest-agent endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddress {
@@ -19,10 +15,6 @@ pub enum AgentAddress {
     /// AF_VSOCK to a guest whose qemu-ga runs `-m vsock-listen` on `port`. In KubeVirt the
     /// CID is the VMI's `status.vsockCID`; the pod needs a seccomp profile allowing AF_VSOCK.
     Vsock { cid: u32, port: u32 },
-    /// `vsock://vmi:PORT`, KubeVirt hook mode only: AF_VSOCK to the VM this sidecar hooks,
-    /// whose CID (`status.vsockCID`) is learnt at `OnDefineDomain`; then it becomes
-    /// [`AgentAddress::Vsock`].
-    VsockOfVmi { port: u32 },
     /// Firecracker / Cloud Hypervisor host-side vsock: a unix socket that connects to the
     /// guest's `port` after a `CONNECT <port>` / `OK <n>` handshake.
     HybridVsock { path: PathBuf, port: u32 },
@@ -39,14 +31,6 @@ pub enum AgentAddress {
 }
 
 impl AgentAddress {
-    /// The address with the VM's vsock CID filled in (`vsock://vmi:PORT`); others as they are.
-    pub fn with_vmi_cid(self, cid: u32) -> AgentAddress {
-        match self {
-            AgentAddress::VsockOfVmi { port } => AgentAddress::Vsock { cid, port },
-            other => other,
-        }
-    }
-
     /// Parses one of [`ACCEPTED_FORMS`].
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
@@ -84,7 +68,8 @@ fn absolute_path(text: &str, path: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn parse_port(text: &str, port: &str) -> Result<u32, String> {
+/// Reads the port of an address `text` for error messages.
+pub fn parse_port(text: &str, port: &str) -> Result<u32, String> {
     port.parse().map_err(|_| {
         format!("{text:?}: port {port:?} is not a number from 0 to 4294967295; expected {ACCEPTED_FORMS}")
     })
@@ -95,9 +80,10 @@ fn parse_vsock(text: &str, rest: &str) -> Result<AgentAddress, String> {
         return Err(format!("{text:?} has no port; expected vsock://CID:PORT"));
     };
     if cid == "vmi" {
-        return Ok(AgentAddress::VsockOfVmi {
-            port: parse_port(text, port)?,
-        });
+        return Err(format!(
+            "{text:?}: vsock://vmi:PORT is the VM's own vsock, known only to a KubeVirt hook \
+             sidecar at OnDefineDomain; expected vsock://CID:PORT here"
+        ));
     }
     let cid = cid.parse::<u32>().map_err(|_| {
         format!("{text:?}: CID {cid:?} is not a number (the VMI's status.vsockCID); expected vsock://CID:PORT")
@@ -130,7 +116,6 @@ impl fmt::Display for AgentAddress {
         match self {
             AgentAddress::Unix(path) => write!(f, "unix://{}", path.display()),
             AgentAddress::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
-            AgentAddress::VsockOfVmi { port } => write!(f, "vsock://vmi:{port}"),
             AgentAddress::HybridVsock { path, port } => {
                 write!(f, "hybrid-vsock://{}?port={port}", path.display())
             }
@@ -185,7 +170,6 @@ mod tests {
         for text in [
             "unix:///a/b",
             "vsock://3:99",
-            "vsock://vmi:1024",
             "hybrid-vsock:///a/v.sock?port=7",
         ] {
             assert_eq!(AgentAddress::parse(text).unwrap().to_string(), text);

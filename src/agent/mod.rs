@@ -24,7 +24,7 @@ pub mod protocol;
 mod testing;
 pub mod transport;
 
-pub use address::{ACCEPTED_FORMS, AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
+pub use address::{ACCEPTED_FORMS, AgentAddress, parse_port};
 pub use backend::{LinkState, LinkStatus};
 pub use error::AgentError;
 pub use guest_agent::GuestAgent;

@@ -54,11 +54,6 @@ impl Connect for AgentAddress {
                     hybrid_handshake(&mut stream, port).await?;
                     Ok(Box::new(stream) as BoxStream)
                 }
-                AgentAddress::VsockOfVmi { .. } => Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "the VM's vsock CID is not known yet: it comes with the VMI at \
-                     KubeVirt's OnDefineDomain hook",
-                )),
                 AgentAddress::PrivateChannel {
                     socket,
                     shared_layout,

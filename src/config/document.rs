@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::AgentSetting;
 use super::manifest::{self, DocumentKind};
 use super::probe_fields::read_probe_field;
 use super::syntax::read_syntax;
@@ -20,7 +21,6 @@ use super::walk::{
 use super::{
     ChecksOrigin, ConfigErrors, GatewayFile, MAX_OUTPUT_EXCERPT_BYTES, Mode, ProbeKind, ProbeSpec,
 };
-use crate::agent::AgentAddress;
 
 /// What a whole config document may be, named in the error about a document of the wrong
 /// shape.
@@ -104,7 +104,7 @@ impl CheckFields {
         self,
         origin: ChecksOrigin,
         listen: Option<SocketAddr>,
-        agent: Option<AgentAddress>,
+        agent: Option<AgentSetting>,
     ) -> GatewayFile {
         GatewayFile {
             origin,
@@ -168,8 +168,8 @@ fn read_listen(value: &Value) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not a socket address; expected {expected}"))
 }
 
-fn read_agent(value: &Value) -> Result<AgentAddress, String> {
-    AgentAddress::parse(string(value)?)
+fn read_agent(value: &Value) -> Result<AgentSetting, String> {
+    AgentSetting::parse(string(value)?)
 }
 
 /// `livenessGraceSeconds`: 0 turns the grace off.
@@ -206,6 +206,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::agent::AgentAddress;
     use crate::config::test_support::{
         errors_of, liveness_ping, probe, single_error, single_error_starting_with,
     };
@@ -231,9 +232,9 @@ livenessProbe:
         let expected = GatewayFile {
             origin: ChecksOrigin::GatewayConfig,
             listen: Some(SocketAddr::from(([0u16; 8], 8080))),
-            agent: Some(AgentAddress::Unix(PathBuf::from(
+            agent: Some(AgentSetting::Address(AgentAddress::Unix(PathBuf::from(
                 "/run/probe-gateway/agent.sock",
-            ))),
+            )))),
             mode: None,
             min_interval: None,
             liveness_grace: Some(Duration::from_secs(600)),

@@ -14,6 +14,7 @@
 //!   shares with the annotation; `manifest`: a VM or VMI manifest as the config.
 //! - `vmi`: the VMI at `OnDefineDomain` ([`HookedVmi`]).
 
+mod agent_setting;
 mod document;
 mod manifest;
 mod probe_fields;
@@ -29,8 +30,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::agent::AgentAddress;
-
+pub use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
 pub use document::parse_document;
 pub use settings::{
     CheckSettings, DEFAULT_SHUTDOWN_GRACE, Overrides, ResolveError, Role, ServerSettings, Settings,
@@ -182,7 +182,7 @@ impl ManifestKind {
 pub struct GatewayFile {
     pub origin: ChecksOrigin,
     pub listen: Option<SocketAddr>,
-    pub agent: Option<AgentAddress>,
+    pub agent: Option<AgentSetting>,
     pub mode: Option<Mode>,
     pub min_interval: Option<Duration>,
     pub liveness_grace: Option<Duration>,

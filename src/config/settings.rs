@@ -7,11 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::AgentSetting;
 use super::{
     ConfigError, ConfigErrors, DEFAULT_LISTEN, DEFAULT_LIVENESS_GRACE,
     DEFAULT_OUTPUT_EXCERPT_BYTES, GatewayFile, Mode, ProbeKind, ProbeSpec,
 };
-use crate::agent::{AgentAddress, VSOCK_OF_VMI_NEEDS_HOOK};
+use crate::agent::AgentAddress;
 
 /// Default for `--shutdown-grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -36,7 +37,7 @@ pub struct ServerSettings {
 /// resolution refuses it otherwise, so no later code has to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckSettings {
-    pub agent: AgentAddress,
+    pub agent: AgentSetting,
     pub mode: Mode,
     /// On-demand mode: a result younger than this is reused.
     pub min_interval: Duration,
@@ -60,7 +61,7 @@ pub enum Role {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
-    pub agent: Option<AgentAddress>,
+    pub agent: Option<AgentSetting>,
     pub shutdown_grace: Option<Duration>,
     /// The agent when neither a flag nor the file names one (in hook mode, the private
     /// channel).
@@ -75,7 +76,7 @@ pub enum ResolveError {
     #[error(transparent)]
     Invalid(#[from] ConfigErrors),
     /// `vsock://vmi:PORT` outside hook mode: nothing would ever give it a CID.
-    #[error("{}", VSOCK_OF_VMI_NEEDS_HOOK)]
+    #[error("{}", super::VSOCK_OF_VMI_NEEDS_HOOK)]
     VsockOfVmiNeedsHook,
 }
 
@@ -114,7 +115,7 @@ impl CheckSettings {
             .agent
             .clone()
             .or(file.agent)
-            .or_else(|| overrides.default_agent.clone())
+            .or_else(|| overrides.default_agent.clone().map(AgentSetting::Address))
             .ok_or_else(|| {
                 ConfigErrors(vec![ConfigError {
                     path: "agent".into(),
@@ -123,7 +124,7 @@ impl CheckSettings {
                             .into(),
                 }])
             })?;
-        if let (AgentAddress::VsockOfVmi { .. }, Role::Standalone) = (&agent, overrides.role) {
+        if let (AgentSetting::VsockOfVmi { .. }, Role::Standalone) = (&agent, overrides.role) {
             return Err(ResolveError::VsockOfVmiNeedsHook);
         }
         Ok(CheckSettings {
@@ -154,7 +155,7 @@ mod tests {
 
     fn with_agent(agent: &str) -> GatewayFile {
         GatewayFile {
-            agent: Some(AgentAddress::parse(agent).unwrap()),
+            agent: Some(AgentSetting::parse(agent).unwrap()),
             ..GatewayFile::empty()
         }
     }
@@ -164,7 +165,7 @@ mod tests {
         let error = CheckSettings::resolve(with_agent("vsock://vmi:1024"), &Overrides::default())
             .unwrap_err();
         assert_eq!(error, ResolveError::VsockOfVmiNeedsHook);
-        assert_eq!(error.to_string(), VSOCK_OF_VMI_NEEDS_HOOK);
+        assert_eq!(error.to_string(), super::super::VSOCK_OF_VMI_NEEDS_HOOK);
     }
 
     #[test]
@@ -174,7 +175,7 @@ mod tests {
             ..Overrides::default()
         };
         let settings = CheckSettings::resolve(with_agent("vsock://vmi:1024"), &overrides).unwrap();
-        assert_eq!(settings.agent, AgentAddress::VsockOfVmi { port: 1024 });
+        assert_eq!(settings.agent, AgentSetting::VsockOfVmi { port: 1024 });
     }
 
     #[test]

@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::agent::AgentAddress;
-use crate::config::{CheckSettings, GatewayFile, Overrides};
+use crate::config::{AgentSetting, CheckSettings, GatewayFile, Overrides};
 use crate::metrics::Metrics;
 use crate::probe::{InForce, SwapOutcome};
 
@@ -35,7 +34,7 @@ pub fn settings_for_vm(
     mut settings: CheckSettings,
     vm: Option<VmKnowledge>,
 ) -> Result<CheckSettings, String> {
-    let (AgentAddress::VsockOfVmi { .. }, Some(vm)) = (&settings.agent, vm) else {
+    let (AgentSetting::VsockOfVmi { .. }, Some(vm)) = (&settings.agent, vm) else {
         return Ok(settings);
     };
     match vm {
@@ -94,9 +93,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::agent::AgentAddress;
     use crate::config::Mode;
 
-    fn with_agent(agent: AgentAddress) -> CheckSettings {
+    fn with_agent(agent: AgentSetting) -> CheckSettings {
         CheckSettings {
             agent,
             mode: Mode::OnDemand,
@@ -109,13 +109,16 @@ mod tests {
         }
     }
 
-    const OF_VMI: AgentAddress = AgentAddress::VsockOfVmi { port: 1024 };
+    const OF_VMI: AgentSetting = AgentSetting::VsockOfVmi { port: 1024 };
 
     #[test]
     fn the_vmis_vsock_takes_the_cid_of_the_definition() {
         let vm = VmKnowledge::Defined { vsock_cid: Some(3) };
         let settings = settings_for_vm(with_agent(OF_VMI), Some(vm)).unwrap();
-        assert_eq!(settings.agent, AgentAddress::Vsock { cid: 3, port: 1024 });
+        assert_eq!(
+            settings.agent,
+            AgentSetting::Address(AgentAddress::Vsock { cid: 3, port: 1024 })
+        );
     }
 
     #[test]
@@ -139,7 +142,7 @@ mod tests {
 
     #[test]
     fn other_addresses_are_as_configured() {
-        let unix = AgentAddress::Unix("/run/agent.sock".into());
+        let unix = AgentSetting::Address(AgentAddress::Unix("/run/agent.sock".into()));
         let vm = Some(VmKnowledge::Defined { vsock_cid: Some(3) });
         assert_eq!(
             settings_for_vm(with_agent(unix.clone()), vm).unwrap().agent,

@@ -329,7 +329,7 @@ mod tests {
     /// Both probes pinging the agent at `/agents/NAME`.
     fn settings(agent: &str) -> CheckSettings {
         CheckSettings {
-            agent: AgentAddress::Unix(PathBuf::from("/agents").join(agent)),
+            agent: AgentAddress::Unix(PathBuf::from("/agents").join(agent)).into(),
             mode: Mode::OnDemand,
             min_interval: Duration::ZERO,
             liveness_grace: Duration::ZERO,
@@ -369,7 +369,8 @@ mod tests {
                     .agents
                     .iter()
                     .find(|(name, _)| {
-                        settings.agent == AgentAddress::Unix(PathBuf::from("/agents").join(name))
+                        settings.agent
+                            == AgentAddress::Unix(PathBuf::from("/agents").join(name)).into()
                     })
                     .expect("an agent of the test");
                 GuestAgent::spawn(
