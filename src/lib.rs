@@ -5,13 +5,17 @@
 //! - [`http`]: the HTTP API (`/ready`, `/live`, `/healthz`), content negotiation, reports.
 //! - [`probe`]: the checks (`exec`, `guestAgentPing`), single flight, the liveness grace,
 //!   the probe set in force and the policy for replacing it.
-//! - [`agent`]: the agent connection: transports, framing, protocol, the owning task.
+//! - [`agent`]: the guest agent: transports, framing, protocol, the link that owns a
+//!   connection, the backend interface, the owner of guest processes.
 //! - [`config`]: the config file (or VM manifest), validated once into domain types.
 //! - [`kubevirt`]: the KubeVirt hook sidecar: hook gRPC services, the domain XML edit that
 //!   gives the gateway its own agent channel, what it knows of its VM.
 //! - [`reload`]: following the config file (SIGHUP, the directory watch).
 //! - [`cli`] and [`app`]: the command line, and building and running the server.
 //! - [`telemetry`]: logging set-up.
+//!
+//! `docs/architecture.md` draws the path of a `GET /ready`, of a config reload and of a
+//! KubeVirt definition through these modules, with the task that owns each resource.
 
 #![forbid(unsafe_code)]
 
