@@ -386,18 +386,21 @@ mod tests {
         assert_eq!(frames, vec![Frame::Oversized, line("{\"return\": 1}")]);
     }
 
+    /// Feeds `scanner` a megabyte of `x` at a time, one more than a line may hold; the
+    /// first error.
+    fn scan_past_the_line_limit(scanner: &mut LineScanner) -> Result<(), FramingError> {
+        let mut frames = Vec::new();
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..(MAX_LINE_BYTES / chunk.len() + 1) {
+            scanner.scan(&chunk, &mut frames)?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn an_endless_line_is_an_error_before_memory_grows() {
         let mut scanner = LineScanner::default();
-        let mut frames = Vec::new();
-        let chunk = vec![b'x'; 1024 * 1024];
-        let mut result = Ok(());
-        for _ in 0..(MAX_LINE_BYTES / chunk.len() + 1) {
-            result = scanner.scan(&chunk, &mut frames);
-            if result.is_err() {
-                break;
-            }
-        }
+        let result = scan_past_the_line_limit(&mut scanner);
         assert!(matches!(result, Err(FramingError::EndlessLine)));
         assert!(scanner.line.capacity() <= MAX_RETAINED_BYTES * 2);
     }
@@ -405,16 +408,8 @@ mod tests {
     #[test]
     fn an_endless_string_is_an_error_too() {
         let mut scanner = LineScanner::default();
-        let mut frames = Vec::new();
-        scanner.scan(b"{\"s\": \"", &mut frames).unwrap();
-        let chunk = vec![b'x'; 1024 * 1024];
-        let mut result = Ok(());
-        for _ in 0..(MAX_LINE_BYTES / chunk.len() + 1) {
-            result = scanner.scan(&chunk, &mut frames);
-            if result.is_err() {
-                break;
-            }
-        }
+        scanner.scan(b"{\"s\": \"", &mut Vec::new()).unwrap();
+        let result = scan_past_the_line_limit(&mut scanner);
         assert!(matches!(result, Err(FramingError::EndlessLine)));
     }
 
@@ -446,49 +441,34 @@ mod tests {
         let _ = writer.await;
     }
 
-    #[tokio::test]
-    async fn reader_reports_a_closed_stream() {
+    /// What the reader says after the first line of `bytes`, once the peer has closed.
+    async fn end_after_one_line(bytes: &[u8]) -> FramingError {
         let (client, mut server) = tokio::io::duplex(64);
         let mut reader = FrameReader::new(client);
-        tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n")
+        tokio::io::AsyncWriteExt::write_all(&mut server, bytes)
             .await
             .unwrap();
         drop(server);
         assert_eq!(reader.next_frame().await.unwrap(), line("{\"return\": {}}"));
-        assert!(matches!(
-            reader.next_frame().await,
-            Err(FramingError::Closed)
-        ));
+        reader.next_frame().await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn reader_reports_a_closed_stream() {
+        let end = end_after_one_line(b"{\"return\": {}}\n").await;
+        assert!(matches!(end, FramingError::Closed), "{end:?}");
     }
 
     #[tokio::test]
     async fn eof_in_the_middle_of_a_frame_is_an_error_not_a_clean_close() {
-        let (client, mut server) = tokio::io::duplex(64);
-        let mut reader = FrameReader::new(client);
-        tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n{\"return\": {\"pid")
-            .await
-            .unwrap();
-        drop(server);
-        assert_eq!(reader.next_frame().await.unwrap(), line("{\"return\": {}}"));
-        assert!(matches!(
-            reader.next_frame().await,
-            Err(FramingError::ClosedMidFrame)
-        ));
+        let end = end_after_one_line(b"{\"return\": {}}\n{\"return\": {\"pid").await;
+        assert!(matches!(end, FramingError::ClosedMidFrame), "{end:?}");
     }
 
     #[tokio::test]
     async fn whitespace_after_the_last_line_is_a_clean_close() {
-        let (client, mut server) = tokio::io::duplex(64);
-        let mut reader = FrameReader::new(client);
-        tokio::io::AsyncWriteExt::write_all(&mut server, b"{\"return\": {}}\n  ")
-            .await
-            .unwrap();
-        drop(server);
-        assert_eq!(reader.next_frame().await.unwrap(), line("{\"return\": {}}"));
-        assert!(matches!(
-            reader.next_frame().await,
-            Err(FramingError::Closed)
-        ));
+        let end = end_after_one_line(b"{\"return\": {}}\n  ").await;
+        assert!(matches!(end, FramingError::Closed), "{end:?}");
     }
 }
 

@@ -124,6 +124,11 @@ impl Peer {
     /// Reads the next request, a resync, and answers it as qemu-ga does.
     pub async fn answer_sync(&mut self) {
         let sync = self.expect("guest-sync-delimited").await;
+        self.answer_sync_request(&sync).await;
+    }
+
+    /// Answers the resync `sync` as qemu-ga does: `0xFF`, then its id as the return.
+    pub async fn answer_sync_request(&mut self, sync: &Value) {
         let mut reply = vec![0xFF];
         reply.extend(
             json!({"return": sync["arguments"]["id"]})

@@ -55,14 +55,7 @@ async fn a_command_waits_until_the_first_resync_is_answered() {
         early.is_err(),
         "sent before the stream was in step: {early:?}"
     );
-    let mut answer = vec![0xFF];
-    answer.extend(
-        json!({"return": sync["arguments"]["id"]})
-            .to_string()
-            .bytes(),
-    );
-    answer.push(b'\n');
-    peer.write(&answer).await;
+    peer.answer_sync_request(&sync).await;
     let request = peer.expect("guest-ping").await;
     peer.reply(&request, json!({})).await;
     assert_eq!(ping.await.unwrap(), Ok(json!({})));

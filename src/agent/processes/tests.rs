@@ -12,23 +12,20 @@ use crate::agent::backend::{CallFuture, CallResult, CloseFuture, LinkState, Link
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
-/// A command as the backend got it, for the test to answer.
+/// A call as the backend got it (and when), for the test to answer.
 struct Sent {
-    command: Command,
+    call: Call,
     at: Instant,
     answer: oneshot::Sender<CallResult>,
-    late: Option<oneshot::Sender<LateReply>>,
 }
 
 impl Sent {
-    fn answer(self, value: Value) -> Option<oneshot::Sender<LateReply>> {
+    fn answer(self, value: Value) {
         let _ = self.answer.send(Ok(value));
-        self.late
     }
 
-    fn fail(self, error: AgentError) -> Option<oneshot::Sender<LateReply>> {
+    fn fail(self, error: AgentError) {
         let _ = self.answer.send(Err(error));
-        self.late
     }
 }
 
@@ -41,14 +38,14 @@ struct Scripted {
 impl AgentBackend for Scripted {
     fn call(&self, call: Call) -> CallFuture {
         let (answer, reply) = oneshot::channel();
+        let deadline = call.deadline;
         let _ = self.sent.send(Sent {
-            command: call.command,
+            call,
             at: Instant::now(),
             answer,
-            late: call.late,
         });
         Box::pin(async move {
-            match timeout_at(call.deadline, reply).await {
+            match timeout_at(deadline, reply).await {
                 Ok(Ok(result)) => result,
                 _ => Err(AgentError::Timeout {
                     agent_silent: false,
@@ -114,7 +111,7 @@ impl Harness {
     /// The next command, which must be a status poll of `pid`.
     async fn next_poll(&mut self, pid: i64) -> Sent {
         let sent = self.next().await;
-        assert_eq!(sent.command, Command::ExecStatus { pid });
+        assert_eq!(sent.call.command, Command::ExecStatus { pid });
         sent
     }
 
@@ -122,11 +119,21 @@ impl Harness {
     async fn next_exec(&mut self) -> Sent {
         let sent = self.next().await;
         assert!(
-            matches!(sent.command, Command::Exec { .. }),
+            matches!(sent.call.command, Command::Exec { .. }),
             "{:?}",
-            sent.command
+            sent.call.command
         );
         sent
+    }
+
+    /// `owner`'s probe starts a process again (pid `pid`), which exits at once.
+    async fn starts_again(&mut self, owner: ProbeKind, pid: i64) {
+        let next = self.run(owner, SECOND);
+        self.next_exec().await.answer(json!({"pid": pid}));
+        self.next_poll(pid)
+            .await
+            .answer(json!({"exited": true, "exitcode": 0}));
+        assert!(next.await.unwrap().is_ok(), "the probe did not start again");
     }
 
     fn orphans(&self) -> i64 {
@@ -208,11 +215,11 @@ async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_i
     let mut at = vec![first_orphan_poll];
     loop {
         let poll = h.next().await;
-        if poll.command == (Command::ExecStatus { pid: 8 }) {
+        if poll.call.command == (Command::ExecStatus { pid: 8 }) {
             poll.answer(json!({"exited": true, "exitcode": 0}));
             continue;
         }
-        assert_eq!(poll.command, Command::ExecStatus { pid: 7 });
+        assert_eq!(poll.call.command, Command::ExecStatus { pid: 7 });
         at.push(poll.at);
         if at.len() == 7 {
             poll.answer(json!({"exited": true, "exitcode": 0}));
@@ -223,12 +230,7 @@ async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_i
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps, [200, 400, 800, 1000, 1000, 1000].map(|n| n * MS));
     // Reaped: the probe may start again.
-    let next = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 9}));
-    h.next_poll(9)
-        .await
-        .answer(json!({"exited": true, "exitcode": 0}));
-    assert!(next.await.unwrap().is_ok());
+    h.starts_again(ProbeKind::Readiness, 9).await;
     assert_eq!(h.orphans(), 0);
 }
 
@@ -247,7 +249,7 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
     let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
     assert_eq!(again, Err(AgentError::PreviousStillRunning { pid: None }));
     assert_eq!(h.orphans(), 1);
-    let late = exec.late.expect("a late sink for guest-exec");
+    let late = exec.call.late.expect("a late sink for guest-exec");
     let _ = late.send(LateReply::Answered(Ok(json!({"pid": 42}))));
     h.next_poll(42).await.answer(running());
     let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
@@ -258,12 +260,7 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
     h.next_poll(42)
         .await
         .answer(json!({"exited": true, "signal": 9}));
-    let next = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 43}));
-    h.next_poll(43)
-        .await
-        .answer(json!({"exited": true, "exitcode": 0}));
-    assert!(next.await.unwrap().is_ok());
+    h.starts_again(ProbeKind::Readiness, 43).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,13 +269,8 @@ async fn a_guest_exec_that_never_answers_frees_its_probe_once_the_backend_says_s
     let run = h.run(ProbeKind::Readiness, SECOND);
     let exec = h.next_exec().await;
     assert!(run.await.unwrap().is_err());
-    let _ = exec.late.unwrap().send(LateReply::Unanswered);
-    let next = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 5}));
-    h.next_poll(5)
-        .await
-        .answer(json!({"exited": true, "exitcode": 0}));
-    assert!(next.await.unwrap().is_ok());
+    let _ = exec.call.late.unwrap().send(LateReply::Unanswered);
+    h.starts_again(ProbeKind::Readiness, 5).await;
     assert_eq!(h.orphans(), 0);
 }
 
@@ -287,7 +279,7 @@ async fn a_guest_exec_that_was_never_sent_frees_its_probe_at_once() {
     let mut h = harness(LateReplies::Delivered);
     let run = h.run(ProbeKind::Readiness, SECOND);
     let mut exec = h.next_exec().await;
-    let late = exec.late.take().expect("a late sink");
+    let late = exec.call.late.take().expect("a late sink");
     let _ = late.send(LateReply::NotSent);
     let _ = exec
         .answer
@@ -320,12 +312,7 @@ async fn a_pid_the_agent_no_longer_knows_ends_the_tracking() {
         class: "GenericError".into(),
         desc: "Invalid parameter 'pid'".into(),
     });
-    let next = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 8}));
-    h.next_poll(8)
-        .await
-        .answer(json!({"exited": true, "exitcode": 0}));
-    assert!(next.await.unwrap().is_ok());
+    h.starts_again(ProbeKind::Readiness, 8).await;
     assert_eq!(h.orphans(), 0);
 }
 
@@ -334,14 +321,12 @@ async fn where_late_replies_are_dropped_a_lost_guest_exec_cannot_be_tracked() {
     let mut h = harness(LateReplies::Dropped);
     let run = h.run(ProbeKind::Readiness, SECOND);
     let exec = h.next_exec().await;
-    assert!(exec.late.is_none(), "no late sink where none can be served");
+    assert!(
+        exec.call.late.is_none(),
+        "no late sink where none can be served"
+    );
     assert!(run.await.unwrap().is_err());
-    let next = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 5}));
-    h.next_poll(5)
-        .await
-        .answer(json!({"exited": true, "exitcode": 0}));
-    assert!(next.await.unwrap().is_ok());
+    h.starts_again(ProbeKind::Readiness, 5).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,7 +342,7 @@ async fn closing_stops_the_keepers() {
     assert!(
         after.is_err(),
         "a keeper polled after close: {:?}",
-        after.map(|s| s.map(|s| s.command))
+        after.map(|s| s.map(|s| s.call.command))
     );
     assert_eq!(h.orphans(), 0);
 }
