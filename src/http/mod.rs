@@ -7,10 +7,12 @@
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
 //! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |
 //! | `/openapi.json` | GET | the OpenAPI document ([`openapi`]) |
-//! | `/docs/` | GET | Swagger UI for that document (assets built in: works offline) |
+//! | `/docs/` | GET | Swagger UI for that document (assets built in: works offline); `/docs` is a 308 to it |
 //!
 //! `?verbose` gives the text report, `Accept: application/json` the JSON report
-//! ([`render`]). Any other method is 405 with `Allow`; any other path 404. Never a 3xx.
+//! ([`render`]). Any other method is 405 with `Allow`; any other path 404, never a
+//! redirect. The one 3xx is `/docs` to `/docs/` (308): the page's assets are relative to
+//! the slash.
 
 #[cfg(feature = "swagger-ui")]
 mod docs;
@@ -20,12 +22,35 @@ pub mod openapi;
 pub mod render;
 mod routes;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
-use actix_web::web;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, web};
 
 pub use error::{ApiError, ApiErrorResponse};
 pub use routes::{AppState, count_requests};
 pub use server::{Drained, HttpServer};
+
+/// The gateway's app: the routes, the request counter, `state`. The server and the
+/// in-process route tests build this same app.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap(actix_web::middleware::from_fn(count_requests))
+        .configure(configure)
+}
 
 /// Registers the routes on an actix-web app.
 pub fn configure(config: &mut web::ServiceConfig) {

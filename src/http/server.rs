@@ -6,20 +6,27 @@
 //! worker threads, and the agent client would sit on yet another: two to four thread
 //! wake-ups per probe, which measured as most of the gateway's CPU per probe
 //! (BENCHMARKS.md). The app and the HTTP/1 dispatcher are actix's all the same.
+//!
+//! Idle, nothing here wakes: actix-http's service, whose date timer ticks every 500 ms, lives
+//! only while connections are open ([`Serving`]).
 
 use std::io;
-use std::rc::Rc;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use actix_http::{HttpService, KeepAlive, Protocol};
-use actix_service::{IntoServiceFactory, Service, ServiceFactory, map_config};
-use actix_web::dev::AppConfig;
+use actix_http::body::MessageBody;
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, KeepAlive, Protocol, Request};
+use actix_service::{IntoServiceFactory, Service, ServiceFactory, fn_factory};
+use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::rt::net::TcpListener;
-use actix_web::{App, web};
+use actix_web::web;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{AppState, configure, count_requests};
+use super::AppState;
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -86,28 +93,17 @@ async fn serve(
     mut stopping: watch::Receiver<bool>,
     grace: Duration,
 ) -> io::Result<Drained> {
-    let closing = stopping.clone();
-    let app = App::new()
-        .app_data(state)
-        .wrap(actix_web::middleware::from_fn(count_requests))
-        .configure(configure);
-    let factory = HttpService::build()
-        .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-        .graceful_shutdown_signal(move || {
-            let mut closing = closing.clone();
-            async move {
-                let _ = closing.wait_for(|stop| *stop).await;
-            }
-        })
-        .finish(map_config(app.into_factory(), |()| AppConfig::default()));
-    let service = Rc::new(
-        factory
-            .new_service(())
+    // The app (routes, middleware, state) is built once and shared by every connection;
+    // only actix-http's service around it comes and goes with the connections.
+    let app = Rc::new(
+        super::app(state)
+            .into_factory()
+            .new_service(AppConfig::default())
             .await
             .map_err(|()| io::Error::other("the HTTP service could not be built"))?,
     );
+    let closing = stopping.clone();
+    let mut serving = Serving::default();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -116,7 +112,11 @@ async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _)) => {
-                    let service = Rc::clone(&service);
+                    // Cannot fail (the expect handler and the shared app are there
+                    // already); if it did, the server would end with that error.
+                    let service = serving
+                        .for_connection(|| connection_service(Rc::clone(&app), closing.clone()))
+                        .await?;
                     // The peer address is not used: no getpeername per connection.
                     connections.spawn_local(async move {
                         let _ = service.call((stream, Protocol::Http1, None)).await;
@@ -147,6 +147,90 @@ async fn serve(
             Ok(Drained::GraceElapsed { dropped })
         }
     }
+}
+
+/// actix-http's HTTP/1 service for the connections open now, or none while none are.
+///
+/// Every actix-http service config owns a `DateService`: a task that wakes every 500 ms for
+/// as long as the config lives, to refresh the cached `Date` header and the clock its
+/// connection deadlines are counted from (actix-http 3.20, `date.rs`, `config.rs`). A
+/// config built once for the whole run woke an idle gateway twice a second, ten times what
+/// kubelet's probes cost. So the service (and its config) is built when a connection comes
+/// and none is open, shared by the connections that come while it lives, and dropped with
+/// the last of them: nothing then wakes the gateway until the next connection.
+pub(super) struct Serving<H> {
+    /// Each connection's task holds the service; this only finds it while one does.
+    current: Weak<H>,
+}
+
+impl<H> Default for Serving<H> {
+    fn default() -> Self {
+        Serving {
+            current: Weak::new(),
+        }
+    }
+}
+
+impl<H> Serving<H> {
+    /// The service for a new connection: the one the open connections use, or a new one
+    /// from `build` when none is open.
+    pub(super) async fn for_connection<F>(&mut self, build: impl FnOnce() -> F) -> io::Result<Rc<H>>
+    where
+        F: Future<Output = io::Result<H>>,
+    {
+        if let Some(service) = self.current.upgrade() {
+            return Ok(service);
+        }
+        let service = Rc::new(build().await?);
+        self.current = Rc::downgrade(&service);
+        Ok(service)
+    }
+
+    /// True while some connection holds the service (and its date timer runs).
+    #[cfg(test)]
+    pub(super) fn is_serving(&self) -> bool {
+        self.current.strong_count() > 0
+    }
+}
+
+/// actix-http's HTTP/1 service over `app`, with actix-web's timeouts, for one burst of
+/// connections (see [`Serving`]). Building it costs a few allocations and the date task's
+/// spawn; the app itself is not rebuilt.
+pub(super) async fn connection_service<T, S, B>(
+    app: Rc<S>,
+    stopping: watch::Receiver<bool>,
+) -> io::Result<impl Service<(T, Protocol, Option<SocketAddr>), Response = (), Error = DispatchError>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    HttpService::build()
+        .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        // Doc-hidden in actix-http (public for actix-web's own server, which uses it the
+        // same way; the behaviour is from 3.13.3): once signalled, each connection closes when its current
+        // request is answered, an idle keep-alive one at once. Without it the drain in
+        // `serve` would wait up to the keep-alive timeout for idle connections, and keep
+        // serving busy keep-alive clients after SIGTERM. Being hidden, it may change in a
+        // minor release: Cargo.toml pins the version it was read in, and
+        // `an_idle_keep_alive_connection_does_not_hold_up_shutdown` (tests/api/lifecycle.rs)
+        // is the test that fails if it stops working.
+        .graceful_shutdown_signal(move || {
+            let mut stopping = stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }
+        })
+        .finish(fn_factory(move || {
+            let app = Rc::clone(&app);
+            async move { Ok::<_, ()>(app) }
+        }))
+        .new_service(())
+        .await
+        .map_err(|()| io::Error::other("the HTTP service could not be built"))
 }
 
 /// The listen address could not be bound.
