@@ -1,26 +1,13 @@
 //! The HTTP contract where it needs a real agent or real TCP: reports of real checks,
 //! malformed HTTP, the metrics of real checks, the Swagger UI's assets. Route semantics
 //! (methods, paths, queries, errors, HEAD, hook mode's wait) are tested in process in
-//! `src/http/tests.rs`; the 405 test stays here too, as the one reader of `Reply::allow`.
+//! `src/http/tests.rs`.
 
 use crate::support::gateway::Gateway;
 use crate::support::qga::QemuGa;
 
 const PING_BOTH: &str =
     "readinessProbe:\n  guestAgentPing: {}\nlivenessProbe:\n  guestAgentPing: {}\n";
-
-#[tokio::test]
-async fn other_methods_get_405_with_an_allow_header() {
-    let agent = QemuGa::start();
-    let gateway = Gateway::start(PING_BOTH, agent.socket());
-    for method in ["POST", "PUT", "DELETE", "PATCH"] {
-        for path in ["/ready", "/live", "/healthz"] {
-            let reply = gateway.request(method, path, None).await;
-            assert_eq!(reply.status, 405, "{method} {path}");
-            assert_eq!(reply.allow.as_deref(), Some("GET, HEAD"), "{method} {path}");
-        }
-    }
-}
 
 #[tokio::test]
 async fn verbose_gives_the_text_report() {

@@ -26,7 +26,6 @@ pub struct Gateway {
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
-    pub allow: Option<String>,
     pub body: String,
 }
 
@@ -171,13 +170,11 @@ impl Gateway {
                 .map(|v| v.to_str().unwrap_or_default().to_string())
         };
         let content_type = header("content-type").unwrap_or_default();
-        let allow = header("allow");
         let status = response.status().as_u16();
         let body = response.text().await.expect("body");
         Reply {
             status,
             content_type,
-            allow,
             body,
         }
     }
