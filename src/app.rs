@@ -9,7 +9,6 @@
 //! [`crate::probe::InForce`]'s. Nothing the main loop does waits on an agent.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use crate::reload::{ConfigReloader, ConfigSource, or_never};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("listen: {0}")]
     Bind(#[from] BindError),
     #[error("kubevirt hook: {0}")]
@@ -38,7 +37,7 @@ pub enum StartError {
 
 /// KubeVirt hook mode: how to set the hook up, and how to resolve the settings of the
 /// checks the VMI brings (the flags and environment given at start).
-pub struct HookMode {
+pub(crate) struct HookMode {
     pub setup: HookSetup,
     pub overrides: Overrides,
 }
@@ -51,9 +50,8 @@ struct Hook {
 }
 
 /// A built gateway: bound, checks in force or awaited, not yet serving.
-pub struct Application {
+pub(crate) struct Application {
     server: HttpServer,
-    local_addr: SocketAddr,
     in_force: Arc<InForce>,
     metrics: Arc<Metrics>,
     hook: Option<Hook>,
@@ -68,7 +66,7 @@ impl Application {
     /// inside an actix system (`actix_web::rt::System`).
     ///
     /// `config` is the file `settings` came from (and the text read), to reload.
-    pub fn build(
+    pub(crate) fn build(
         settings: Settings,
         hook_mode: Option<HookMode>,
         config: Option<(ConfigSource, String)>,
@@ -120,7 +118,6 @@ impl Application {
         tracing::info!(address = %local_addr, %agent, checks_from, "listening");
         Ok(Application {
             server,
-            local_addr,
             in_force,
             metrics,
             hook,
@@ -129,13 +126,8 @@ impl Application {
         })
     }
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
     /// Serves until SIGTERM, SIGINT or KubeVirt's Shutdown hook, then shuts down gracefully.
-    pub async fn run_until_stopped(self) -> io::Result<()> {
+    pub(crate) async fn run_until_stopped(self) -> io::Result<()> {
         let Application {
             mut server,
             in_force,

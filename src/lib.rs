@@ -19,13 +19,15 @@
 
 #![forbid(unsafe_code)]
 
+// Public only for the fuzz target: the agent's framing and protocol.
 pub mod agent;
-pub mod app;
+pub(crate) mod app;
+// Public for the binary: the command line and `run`.
 pub mod cli;
-pub mod config;
-pub mod http;
-pub mod kubevirt;
-pub mod metrics;
-pub mod probe;
-pub mod reload;
-pub mod telemetry;
+pub(crate) mod config;
+pub(crate) mod http;
+pub(crate) mod kubevirt;
+pub(crate) mod metrics;
+pub(crate) mod probe;
+pub(crate) mod reload;
+pub(crate) mod telemetry;

@@ -16,20 +16,20 @@ use crate::config::ProbeKind;
 use crate::probe::CheckResult;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckLabels {
+pub(crate) struct CheckLabels {
     pub probe: &'static str,
     pub handler: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProbeLabels {
+pub(crate) struct ProbeLabels {
     pub probe: &'static str,
     pub handler: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommandLabels {
+pub(crate) struct CommandLabels {
     pub command: &'static str,
     pub outcome: CommandOutcome,
 }
@@ -37,7 +37,7 @@ pub struct CommandLabels {
 /// How one agent command ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum CommandOutcome {
+pub(crate) enum CommandOutcome {
     ok,
     error,
     timeout,
@@ -45,13 +45,13 @@ pub enum CommandOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     pub path: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
+pub(crate) struct ReloadLabels {
     pub result: &'static str,
 }
 
@@ -63,7 +63,7 @@ const DURATION_BUCKETS: [f64; 17] = [
 ];
 
 /// The gateway's metrics and their registry.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     checks: Family<CheckLabels, Counter>,
     check_duration: Family<ProbeLabels, Histogram>,
@@ -83,7 +83,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("probe_gateway");
         let checks = Family::default();
         let check_duration = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
@@ -156,13 +156,13 @@ impl Metrics {
     }
 
     /// Counts one reload: `applied`, `unchanged` or `rejected`.
-    pub fn record_reload(&self, result: &'static str) {
+    pub(crate) fn record_reload(&self, result: &'static str) {
         self.config_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
     }
 
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         probe: ProbeKind,
         handler: &'static str,
@@ -184,13 +184,13 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn record_command(&self, command: &'static str, outcome: CommandOutcome) {
+    pub(crate) fn record_command(&self, command: &'static str, outcome: CommandOutcome) {
         self.agent_commands
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
     }
 
-    pub fn record_http(&self, path: &str, status: u16) {
+    pub(crate) fn record_http(&self, path: &str, status: u16) {
         let path = match path {
             "/ready" => "/ready",
             "/live" => "/live",
@@ -206,7 +206,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(%error, "cannot encode metrics");

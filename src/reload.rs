@@ -32,7 +32,7 @@ const MAX_SETTLE: Duration = Duration::from_secs(1);
 
 /// Where the config comes from, and what to resolve it with.
 #[derive(Debug, Clone)]
-pub struct ConfigSource {
+pub(crate) struct ConfigSource {
     pub path: PathBuf,
     pub overrides: Overrides,
 }
@@ -40,7 +40,7 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// Reads and resolves the file. The error is what `validate` prints, one problem per
     /// line, each with its field path.
-    pub fn read(&self) -> Result<(String, Settings), String> {
+    pub(crate) fn read(&self) -> Result<(String, Settings), String> {
         let shown = self.path.display().to_string();
         let text = std::fs::read_to_string(&self.path).map_err(|source| {
             LoadError::Read {
@@ -70,7 +70,7 @@ impl ConfigSource {
 
 /// Why the config is read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadCause {
+pub(crate) enum ReloadCause {
     /// SIGHUP: the file is read and put in force even when its text is the same.
     Hangup,
     /// A change in the file's directory: a read of the same text changes nothing.
@@ -78,7 +78,7 @@ pub enum ReloadCause {
 }
 
 /// Reloading: SIGHUP, and the config file's watch when there is a file.
-pub struct ConfigReloader {
+pub(crate) struct ConfigReloader {
     file: Option<FollowedFile>,
     hangup: Option<Signal>,
 }
@@ -104,7 +104,10 @@ impl ConfigReloader {
     /// Catches SIGHUP, and follows `config` when there is one: the file (its source and
     /// the text read) that `settings` came from. Watches before the gateway serves, so a
     /// change from now on is seen.
-    pub fn start(config: Option<(ConfigSource, String)>, settings: &Settings) -> ConfigReloader {
+    pub(crate) fn start(
+        config: Option<(ConfigSource, String)>,
+        settings: &Settings,
+    ) -> ConfigReloader {
         let hangup = signal(SignalKind::hangup())
             .map_err(|error| match config {
                 Some(_) => tracing::warn!(%error, "cannot wait for SIGHUP"),
@@ -134,13 +137,13 @@ impl ConfigReloader {
     }
 
     /// The checks as the config file gives them, if there is one.
-    pub fn configured(&self) -> Option<&CheckSettings> {
+    pub(crate) fn configured(&self) -> Option<&CheckSettings> {
         self.file.as_ref().map(|file| &file.configured)
     }
 
     /// After a definition: a config rejected for want of the VM's vsock CID may now be
     /// good, so it is read again rather than waiting for the next change.
-    pub fn retry_if_rejected(&mut self) {
+    pub(crate) fn retry_if_rejected(&mut self) {
         if let Some(file) = self.file.as_mut() {
             file.pending |= file.rejected;
         }
@@ -148,7 +151,7 @@ impl ConfigReloader {
 
     /// The next reason to reload; `None` when none can come. A SIGHUP without a config
     /// file is logged here and waited past.
-    pub async fn next(&mut self) -> Option<ReloadCause> {
+    pub(crate) async fn next(&mut self) -> Option<ReloadCause> {
         let has_file = self.file.is_some();
         loop {
             let watch = match self.file.as_mut() {
@@ -178,7 +181,7 @@ impl ConfigReloader {
     /// Reads the file; a valid config replaces the one in force (requests in flight finish
     /// on the old one), resolved for `vm` when the gateway is a hook sidecar; an invalid
     /// one is logged with every error and the old one stays. Never waits.
-    pub fn reload(
+    pub(crate) fn reload(
         &mut self,
         cause: ReloadCause,
         vm: Option<VmKnowledge>,
@@ -241,7 +244,7 @@ impl FollowedFile {
 
 /// Awaits `next` when there is one, or never: a `select!` branch for something that may
 /// not exist (no config file, not a hook sidecar).
-pub async fn or_never<T>(next: Option<impl Future<Output = Option<T>>>) -> Option<T> {
+pub(crate) async fn or_never<T>(next: Option<impl Future<Output = Option<T>>>) -> Option<T> {
     match next {
         Some(next) => next.await,
         None => std::future::pending().await,
@@ -249,7 +252,7 @@ pub async fn or_never<T>(next: Option<impl Future<Output = Option<T>>>) -> Optio
 }
 
 /// A watch on the config file's directory.
-pub struct ConfigWatch {
+pub(crate) struct ConfigWatch {
     events: mpsc::UnboundedReceiver<()>,
     /// A change was seen and not yet reported (it survives a cancelled [`ConfigWatch::changed`]).
     seen: bool,
@@ -257,7 +260,7 @@ pub struct ConfigWatch {
 }
 
 impl ConfigWatch {
-    pub fn start(path: &Path) -> Result<ConfigWatch, notify::Error> {
+    pub(crate) fn start(path: &Path) -> Result<ConfigWatch, notify::Error> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -286,7 +289,7 @@ impl ConfigWatch {
     /// Waits for a change in the directory, then for the burst to settle: [`SETTLE`] of
     /// quiet, or at most [`MAX_SETTLE`] in a directory that keeps changing. Cancel-safe:
     /// a change seen before a cancellation is reported by the next call.
-    pub async fn changed(&mut self) -> Option<()> {
+    pub(crate) async fn changed(&mut self) -> Option<()> {
         if !self.seen {
             self.events.recv().await?;
             self.seen = true;

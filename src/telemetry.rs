@@ -18,7 +18,7 @@ pub enum LogFormat {
 const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The accepted forms, quoted in every error about an agent address.
-pub const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
+pub(crate) const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
 
 /// The address of a qemu-guest-agent endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ fn absolute_path(text: &str, path: &str) -> Result<PathBuf, String> {
 }
 
 /// Reads the port of an address `text` for error messages.
-pub fn parse_port(text: &str, port: &str) -> Result<u32, String> {
+pub(crate) fn parse_port(text: &str, port: &str) -> Result<u32, String> {
     port.parse().map_err(|_| {
         format!("{text:?}: port {port:?} is not a number from 0 to 4294967295; expected {ACCEPTED_FORMS}")
     })

@@ -24,16 +24,16 @@ use super::error::AgentError;
 use super::protocol::Command;
 
 /// The reply of one command: the value of its `return`, or why there is none.
-pub type CallResult = Result<Value, AgentError>;
+pub(crate) type CallResult = Result<Value, AgentError>;
 
 /// The future of [`AgentBackend::call`].
-pub type CallFuture = Pin<Box<dyn Future<Output = CallResult> + Send>>;
+pub(crate) type CallFuture = Pin<Box<dyn Future<Output = CallResult> + Send>>;
 
 /// The future of [`AgentBackend::close`].
-pub type CloseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type CloseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// One command to send, and by when its reply is wanted.
-pub struct Call {
+pub(crate) struct Call {
     pub command: Command,
     pub deadline: Instant,
     /// Where the reply goes if it comes after the deadline, for a command whose effect
@@ -44,7 +44,7 @@ pub struct Call {
 
 /// What became of the reply of a command whose caller stopped waiting.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LateReply {
+pub(crate) enum LateReply {
     /// It came after all.
     Answered(CallResult),
     /// The command was never sent: it did nothing in the guest.
@@ -56,16 +56,20 @@ pub enum LateReply {
 
 /// Whether a reply that misses its deadline can still reach [`Call::late`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LateReplies {
+pub(crate) enum LateReplies {
     /// The backend hands late replies on (a stream to the agent).
     Delivered,
     /// The backend drops them (libvirt): a late sink only ever hears `Unanswered`.
+    #[allow(
+        dead_code,
+        reason = "the libvirt backend (next) drops late replies; the process owner's rule for it is tested now"
+    )]
     Dropped,
 }
 
 /// The state of the way to the agent, as the backend last saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkState {
+pub(crate) enum LinkState {
     /// Not connected; the reason of the last failure.
     Disconnected(String),
     /// Connected, waiting for the agent to answer a resync.
@@ -76,7 +80,7 @@ pub enum LinkState {
 
 /// What a backend publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkStatus {
+pub(crate) struct LinkStatus {
     pub state: LinkState,
     /// The agent has answered at least once since the backend started (the liveness
     /// grace ends with it).
@@ -84,7 +88,7 @@ pub struct LinkStatus {
 }
 
 /// A way to the agent that takes one command at a time.
-pub trait AgentBackend: Send + Sync + 'static {
+pub(crate) trait AgentBackend: Send + Sync + 'static {
     /// Sends `call.command` and waits for its reply until `call.deadline`. Never waits
     /// beyond the deadline.
     fn call(&self, call: Call) -> CallFuture;

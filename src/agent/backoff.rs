@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Waits that start at `first`, stay there for the first `steady` waits, then double up to
 /// `max`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
+pub(super) struct Backoff {
     max: Duration,
     /// Steps still to take at `first` before the doubling starts.
     steady: u32,
@@ -16,12 +16,12 @@ pub struct Backoff {
 
 impl Backoff {
     /// Doubling from `first` up to `max`.
-    pub const fn doubling(first: Duration, max: Duration) -> Backoff {
+    pub(super) const fn doubling(first: Duration, max: Duration) -> Backoff {
         Backoff::after_steady(first, 0, max)
     }
 
     /// `steady` waits of `first`, then doubling up to `max`.
-    pub const fn after_steady(first: Duration, steady: u32, max: Duration) -> Backoff {
+    pub(super) const fn after_steady(first: Duration, steady: u32, max: Duration) -> Backoff {
         Backoff {
             max,
             steady,
@@ -30,7 +30,7 @@ impl Backoff {
     }
 
     /// The next wait, and the schedule moves on.
-    pub fn next_wait(&mut self) -> Duration {
+    pub(super) fn next_wait(&mut self) -> Duration {
         let wait = self.current;
         self.steady = self.steady.saturating_sub(1);
         if self.steady == 0 {

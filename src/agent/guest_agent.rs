@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 /// closes on [`GuestAgent::close`], or by itself once every handle is dropped and no guest
 /// process is tracked any more.
 #[derive(Clone)]
-pub struct GuestAgent {
+pub(crate) struct GuestAgent {
     backend: Arc<dyn AgentBackend>,
     processes: Arc<GuestProcesses>,
 }
@@ -26,7 +26,7 @@ pub struct GuestAgent {
 impl GuestAgent {
     /// Starts a link to the agent at `connector` (QGA over a stream) on the current tokio
     /// runtime; `excerpt_bytes` bounds the output kept from a guest process.
-    pub fn spawn(
+    pub(crate) fn spawn(
         connector: impl Connect,
         excerpt_bytes: usize,
         metrics: Arc<Metrics>,
@@ -36,7 +36,7 @@ impl GuestAgent {
     }
 
     /// The agent reached through `backend`.
-    pub fn over(
+    pub(crate) fn over(
         backend: Arc<dyn AgentBackend>,
         excerpt_bytes: usize,
         metrics: Arc<Metrics>,
@@ -46,12 +46,12 @@ impl GuestAgent {
     }
 
     /// The backend's current view of the way to the agent.
-    pub fn status(&self) -> LinkStatus {
+    pub(crate) fn status(&self) -> LinkStatus {
         self.backend.status()
     }
 
     /// `guest-ping`.
-    pub async fn ping(&self, deadline: Instant) -> Result<(), AgentError> {
+    pub(crate) async fn ping(&self, deadline: Instant) -> Result<(), AgentError> {
         let call = Call {
             command: Command::Ping,
             deadline,
@@ -62,7 +62,7 @@ impl GuestAgent {
 
     /// Runs `command` in the guest for `owner`'s probe until it exits or `deadline` (see
     /// [`GuestProcesses::run`]).
-    pub async fn exec(
+    pub(crate) async fn exec(
         &self,
         owner: ProbeKind,
         command: &ExecCommand,
@@ -73,7 +73,7 @@ impl GuestAgent {
 
     /// Stops tracking guest processes, closes the connection gracefully and waits for it.
     /// Later calls fail as unavailable.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.processes.close();
         self.backend.close().await;
     }

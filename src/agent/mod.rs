@@ -12,7 +12,7 @@
 //! [`backoff::Backoff`] is the one retry and polling schedule of them all.
 
 mod address;
-pub mod backend;
+pub(crate) mod backend;
 mod backoff;
 mod error;
 pub mod framing;
@@ -22,10 +22,9 @@ mod processes;
 pub mod protocol;
 #[cfg(test)]
 mod testing;
-pub mod transport;
+pub(crate) mod transport;
 
-pub use address::{ACCEPTED_FORMS, AgentAddress, parse_port};
-pub use backend::{LinkState, LinkStatus};
-pub use error::AgentError;
-pub use guest_agent::GuestAgent;
-pub use protocol::{ExecStatus, OutputExcerpt};
+pub(crate) use address::{AgentAddress, parse_port};
+pub(crate) use error::AgentError;
+pub(crate) use guest_agent::GuestAgent;
+pub(crate) use protocol::{ExecStatus, OutputExcerpt};

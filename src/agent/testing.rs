@@ -16,20 +16,20 @@ use super::transport::{BoxStream, Connect, ConnectFuture};
 const DUPLEX_BYTES: usize = 64 * 1024;
 
 /// Connects to in-memory peers, or refuses while told to.
-pub struct PeerConnector {
+pub(super) struct PeerConnector {
     streams: mpsc::UnboundedSender<DuplexStream>,
     refusing: Arc<Mutex<bool>>,
     attempts: Arc<Mutex<Vec<Instant>>>,
 }
 
 /// The test's side: the far ends of the connections made, and the connector's controls.
-pub struct Peers {
+pub(super) struct Peers {
     streams: mpsc::UnboundedReceiver<DuplexStream>,
     refusing: Arc<Mutex<bool>>,
     attempts: Arc<Mutex<Vec<Instant>>>,
 }
 
-pub fn peer_connector() -> (PeerConnector, Peers) {
+pub(super) fn peer_connector() -> (PeerConnector, Peers) {
     let (streams, incoming) = mpsc::unbounded_channel();
     let refusing = Arc::new(Mutex::new(false));
     let attempts = Arc::new(Mutex::new(Vec::new()));
@@ -69,7 +69,7 @@ impl Connect for PeerConnector {
 
 impl Peers {
     /// The next connection the link makes.
-    pub async fn accept(&mut self) -> Peer {
+    pub(super) async fn accept(&mut self) -> Peer {
         let stream = self.streams.recv().await.expect("the connector is gone");
         let (read, writer) = tokio::io::split(stream);
         Peer {
@@ -79,24 +79,24 @@ impl Peers {
     }
 
     /// The next connection, with its first resync answered: the link is in step.
-    pub async fn accept_in_step(&mut self) -> Peer {
+    pub(super) async fn accept_in_step(&mut self) -> Peer {
         let mut peer = self.accept().await;
         peer.answer_sync().await;
         peer
     }
 
-    pub fn refuse(&self, refuse: bool) {
+    pub(super) fn refuse(&self, refuse: bool) {
         *self.refusing.lock().unwrap() = refuse;
     }
 
     /// When each connect was attempted.
-    pub fn attempts(&self) -> Vec<Instant> {
+    pub(super) fn attempts(&self) -> Vec<Instant> {
         self.attempts.lock().unwrap().clone()
     }
 }
 
 /// The agent's end of one connection.
-pub struct Peer {
+pub(super) struct Peer {
     reader: BufReader<ReadHalf<DuplexStream>>,
     writer: WriteHalf<DuplexStream>,
 }
@@ -104,7 +104,7 @@ pub struct Peer {
 impl Peer {
     /// The next request line as JSON (a leading `0xFF` dropped); `None` once the link has
     /// shut down its writing side.
-    pub async fn next_request(&mut self) -> Option<Value> {
+    pub(super) async fn next_request(&mut self) -> Option<Value> {
         let mut line = Vec::new();
         let read = self.reader.read_until(b'\n', &mut line).await.ok()?;
         if read == 0 {
@@ -115,20 +115,20 @@ impl Peer {
     }
 
     /// The next request, which must be `execute`.
-    pub async fn expect(&mut self, execute: &str) -> Value {
+    pub(super) async fn expect(&mut self, execute: &str) -> Value {
         let request = self.next_request().await.expect("a request");
         assert_eq!(request["execute"], execute, "{request}");
         request
     }
 
     /// Reads the next request, a resync, and answers it as qemu-ga does.
-    pub async fn answer_sync(&mut self) {
+    pub(super) async fn answer_sync(&mut self) {
         let sync = self.expect("guest-sync-delimited").await;
         self.answer_sync_request(&sync).await;
     }
 
     /// Answers the resync `sync` as qemu-ga does: `0xFF`, then its id as the return.
-    pub async fn answer_sync_request(&mut self, sync: &Value) {
+    pub(super) async fn answer_sync_request(&mut self, sync: &Value) {
         let mut reply = vec![0xFF];
         reply.extend(
             json!({"return": sync["arguments"]["id"]})
@@ -140,12 +140,12 @@ impl Peer {
     }
 
     /// Answers `request` with `{"return": value}`.
-    pub async fn reply(&mut self, request: &Value, value: Value) {
+    pub(super) async fn reply(&mut self, request: &Value, value: Value) {
         let line = json!({"return": value, "id": request["id"]}).to_string();
         self.write(format!("{line}\n").as_bytes()).await;
     }
 
-    pub async fn write(&mut self, bytes: &[u8]) {
+    pub(super) async fn write(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.expect("the link reads");
     }
 }

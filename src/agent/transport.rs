@@ -12,24 +12,24 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::AgentAddress;
 
 /// A connected stream to an agent.
-pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub(crate) trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
 
 /// A boxed [`AgentStream`].
-pub type BoxStream = Box<dyn AgentStream>;
+pub(crate) type BoxStream = Box<dyn AgentStream>;
 
 /// The future returned by [`Connect::connect`].
-pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+pub(crate) type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
 
 /// How long opening a stream (and a hybrid-vsock handshake) may take before it counts as
 /// failed. The kernel's own vsock connect timeout is 2 s or more; a probe's is often 1 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest handshake reply line accepted from a hybrid-vsock socket.
 const MAX_HANDSHAKE_LINE: usize = 64;
 
 /// Something that opens streams to an agent: an [`AgentAddress`], or a test's in-memory peer.
-pub trait Connect: Send + Sync + 'static {
+pub(crate) trait Connect: Send + Sync + 'static {
     fn connect(&self) -> ConnectFuture;
     /// Where it connects, for log lines and reasons.
     fn describe(&self) -> String;
@@ -99,7 +99,7 @@ async fn connect_private_channel(
 /// `OK <host port>\n`; anything else is a refusal, reported with what the socket said.
 /// The reply is read byte by byte so that nothing after its newline is taken from the
 /// agent's stream.
-pub async fn hybrid_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn hybrid_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     port: u32,
 ) -> io::Result<()> {

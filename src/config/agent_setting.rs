@@ -10,7 +10,7 @@ use crate::agent::transport::{Connect, ConnectFuture};
 use crate::agent::{AgentAddress, parse_port};
 
 /// Why `vsock://vmi:PORT` cannot be used outside KubeVirt hook mode.
-pub const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
+pub(crate) const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes the CID from the VMI at OnDefineDomain: it needs \
      --kubevirt-hook; give vsock://CID:PORT otherwise";
 
 /// The prefix of the VM's own vsock.

@@ -46,7 +46,7 @@ pub(super) const CHECKS_FIELDS: &[&str] = &[
 /// Parses and validates a config document: a gateway config, or a KubeVirt VirtualMachine or
 /// VirtualMachineInstance manifest, in YAML or JSON. Returns every problem found, each with
 /// its field path.
-pub fn parse_document(text: &str) -> Result<GatewayFile, ConfigErrors> {
+pub(crate) fn parse_document(text: &str) -> Result<GatewayFile, ConfigErrors> {
     let mut errors = Errors::default();
     let root = FieldPath::root();
     let file = match read_syntax(text) {

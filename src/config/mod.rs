@@ -30,37 +30,35 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
-pub use document::parse_document;
-pub use settings::{
-    CheckSettings, DEFAULT_SHUTDOWN_GRACE, Overrides, ResolveError, Role, ServerSettings, Settings,
-};
-pub use vmi::HookedVmi;
+pub(crate) use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
+pub(crate) use document::parse_document;
+pub(crate) use settings::{CheckSettings, Overrides, ResolveError, Role, Settings};
+pub(crate) use vmi::HookedVmi;
 
 /// The annotation that carries the gateway's checks on a VM or VMI manifest.
-pub const PROBES_ANNOTATION: &str = "probe-gateway.kubevirt.io/probes";
+pub(crate) const PROBES_ANNOTATION: &str = "probe-gateway.kubevirt.io/probes";
 
 /// The default listen address; [`Settings`] falls back to `0.0.0.0:8080` without IPv6.
-pub const DEFAULT_LISTEN: &str = "[::]:8080";
+pub(crate) const DEFAULT_LISTEN: &str = "[::]:8080";
 /// Default for `livenessGraceSeconds`.
-pub const DEFAULT_LIVENESS_GRACE: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_LIVENESS_GRACE: Duration = Duration::from_secs(600);
 /// Default for `outputExcerptBytes`.
-pub const DEFAULT_OUTPUT_EXCERPT_BYTES: usize = 1024;
+pub(crate) const DEFAULT_OUTPUT_EXCERPT_BYTES: usize = 1024;
 /// Upper bound for `outputExcerptBytes`: excerpts are held in memory per check.
-pub const MAX_OUTPUT_EXCERPT_BYTES: usize = 65536;
+pub(crate) const MAX_OUTPUT_EXCERPT_BYTES: usize = 65536;
 
 /// Which of the two probes kubelet asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeKind {
+pub(crate) enum ProbeKind {
     Readiness,
     Liveness,
 }
 
 impl ProbeKind {
-    pub const ALL: [ProbeKind; 2] = [ProbeKind::Readiness, ProbeKind::Liveness];
+    pub(crate) const ALL: [ProbeKind; 2] = [ProbeKind::Readiness, ProbeKind::Liveness];
 
     /// The lower-case name used in reports, logs and the CLI.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProbeKind::Readiness => "readiness",
             ProbeKind::Liveness => "liveness",
@@ -68,7 +66,7 @@ impl ProbeKind {
     }
 
     /// The field name of this probe in a config file or VMI spec.
-    pub fn field(self) -> &'static str {
+    pub(crate) fn field(self) -> &'static str {
         match self {
             ProbeKind::Readiness => "readinessProbe",
             ProbeKind::Liveness => "livenessProbe",
@@ -85,7 +83,7 @@ impl fmt::Display for ProbeKind {
 /// A command run in the guest through `guest-exec`: the program and its arguments, kept
 /// as separate values all the way to the agent (never joined into a string).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecCommand {
+pub(crate) struct ExecCommand {
     /// `command[0]`: an absolute path or a name looked up on the guest's PATH.
     pub path: String,
     /// `command[1..]`.
@@ -94,7 +92,7 @@ pub struct ExecCommand {
 
 /// When checks run: for each HTTP probe (the default), or in the gateway's own loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Each `/ready` or `/live` request runs the check (concurrent requests share one);
     /// kubelet applies periods and thresholds.
     #[default]
@@ -106,7 +104,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::OnDemand => "onDemand",
             Mode::Background => "background",
@@ -116,14 +114,14 @@ impl Mode {
 
 /// What a probe does: the one handler it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handler {
+pub(crate) enum Handler {
     Exec(ExecCommand),
     GuestAgentPing,
 }
 
 impl Handler {
     /// The handler's name as in KubeVirt's API and in reports.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Handler::Exec(_) => "exec",
             Handler::GuestAgentPing => "guestAgentPing",
@@ -137,7 +135,7 @@ impl Handler {
 /// `onDemand` mode (applying them here too would count failures twice), and the gateway's
 /// own schedule in `background` mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeSpec {
+pub(crate) struct ProbeSpec {
     pub handler: Handler,
     pub timeout: Duration,
     pub initial_delay_seconds: u32,
@@ -149,7 +147,7 @@ pub struct ProbeSpec {
 /// Where the checks of a file came from (not where the file came from: that is
 /// [`crate::reload::ConfigSource`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChecksOrigin {
+pub(crate) enum ChecksOrigin {
     /// A gateway config file.
     GatewayConfig,
     /// A KubeVirt `VirtualMachine` or `VirtualMachineInstance` manifest.
@@ -162,13 +160,13 @@ pub enum ChecksOrigin {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManifestKind {
+pub(crate) enum ManifestKind {
     VirtualMachine,
     VirtualMachineInstance,
 }
 
 impl ManifestKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ManifestKind::VirtualMachine => "VirtualMachine",
             ManifestKind::VirtualMachineInstance => "VirtualMachineInstance",
@@ -179,7 +177,7 @@ impl ManifestKind {
 /// What a config file holds, validated. Fields the file does not set are `None` so that
 /// flags and environment can take precedence over the file, and defaults come last.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GatewayFile {
+pub(crate) struct GatewayFile {
     pub origin: ChecksOrigin,
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentSetting>,
@@ -194,7 +192,7 @@ pub struct GatewayFile {
 
 impl GatewayFile {
     /// A config that sets nothing: hook mode without `--config` starts from it.
-    pub fn empty() -> GatewayFile {
+    pub(crate) fn empty() -> GatewayFile {
         GatewayFile {
             origin: ChecksOrigin::GatewayConfig,
             listen: None,
@@ -209,7 +207,7 @@ impl GatewayFile {
         }
     }
 
-    pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
+    pub(crate) fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),
@@ -217,7 +215,7 @@ impl GatewayFile {
     }
 
     /// A one-line description, printed by `validate`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let origin = match self.origin {
             ChecksOrigin::GatewayConfig => "gateway config".to_string(),
             ChecksOrigin::Manifest {
@@ -262,7 +260,7 @@ impl GatewayFile {
 
 /// One problem in a config file: the field path it concerns and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// Dotted field path, e.g. `readinessProbe.timeoutSeconds` or `spec.template.metadata
     /// .annotations["probe-gateway.kubevirt.io/probes"]`; empty for the document itself.
     pub path: String,
@@ -282,7 +280,7 @@ impl fmt::Display for ConfigError {
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", display_errors(.0))]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub(crate) struct ConfigErrors(pub Vec<ConfigError>);
 
 fn display_errors(errors: &[ConfigError]) -> String {
     errors
@@ -294,7 +292,7 @@ fn display_errors(errors: &[ConfigError]) -> String {
 
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -305,12 +303,12 @@ pub enum LoadError {
 }
 
 /// Reads and validates a config file (gateway config, or VM/VMI manifest; YAML or JSON).
-pub fn load(path: &Path) -> Result<GatewayFile, LoadError> {
+pub(crate) fn load(path: &Path) -> Result<GatewayFile, LoadError> {
     load_text(path).map(|(file, _)| file)
 }
 
 /// [`load`], with the text read (to tell a changed file from the same one on reload).
-pub fn load_text(path: &Path) -> Result<(GatewayFile, String), LoadError> {
+pub(crate) fn load_text(path: &Path) -> Result<(GatewayFile, String), LoadError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: shown.clone(),

@@ -15,18 +15,18 @@ use super::{
 use crate::agent::AgentAddress;
 
 /// Default for `--shutdown-grace`.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything `serve` needs, resolved.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub server: ServerSettings,
     pub checks: CheckSettings,
 }
 
 /// What the gateway binds and uses once, at start: a reload does not change them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
 }
@@ -36,7 +36,7 @@ pub struct ServerSettings {
 /// Once resolved, `agent` is `vsock://vmi:PORT` only for a hook sidecar ([`Role`]):
 /// resolution refuses it otherwise, so no later code has to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckSettings {
+pub(crate) struct CheckSettings {
     pub agent: AgentSetting,
     pub mode: Mode,
     /// On-demand mode: a result younger than this is reused.
@@ -51,7 +51,7 @@ pub struct CheckSettings {
 /// Whether the gateway runs as a KubeVirt hook sidecar (`--kubevirt-hook`): only then
 /// does it learn its VM, and so the VM's vsock CID.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     #[default]
     Standalone,
     HookSidecar,
@@ -59,7 +59,7 @@ pub enum Role {
 
 /// Values given on the command line or in the environment (clap has merged those two).
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentSetting>,
     pub shutdown_grace: Option<Duration>,
@@ -71,7 +71,7 @@ pub struct Overrides {
 
 /// Why settings cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     /// Problems with field paths, reported like the file's own (the agent is not set).
     #[error(transparent)]
     Invalid(#[from] ConfigErrors),
@@ -82,7 +82,10 @@ pub enum ResolveError {
 
 impl Settings {
     /// Applies `overrides` over `file`, then defaults.
-    pub fn resolve(file: GatewayFile, overrides: &Overrides) -> Result<Settings, ResolveError> {
+    pub(crate) fn resolve(
+        file: GatewayFile,
+        overrides: &Overrides,
+    ) -> Result<Settings, ResolveError> {
         let server = ServerSettings::resolve(&file, overrides);
         Ok(Settings {
             server,
@@ -93,7 +96,7 @@ impl Settings {
 
 impl ServerSettings {
     /// Applies `overrides` over `file`, then defaults.
-    pub fn resolve(file: &GatewayFile, overrides: &Overrides) -> ServerSettings {
+    pub(crate) fn resolve(file: &GatewayFile, overrides: &Overrides) -> ServerSettings {
         let default_listen = DEFAULT_LISTEN
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8080)));
@@ -107,7 +110,7 @@ impl ServerSettings {
 impl CheckSettings {
     /// Applies `overrides` over `file`, then defaults. The agent has no default outside
     /// hook mode, and may be `vsock://vmi:PORT` only in hook mode.
-    pub fn resolve(
+    pub(crate) fn resolve(
         file: GatewayFile,
         overrides: &Overrides,
     ) -> Result<CheckSettings, ResolveError> {
@@ -141,7 +144,7 @@ impl CheckSettings {
         })
     }
 
-    pub fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
+    pub(crate) fn probe(&self, kind: ProbeKind) -> Option<&ProbeSpec> {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),

@@ -19,7 +19,7 @@ const VMI_EXPECTED: &str = "the VirtualMachineInstance as a JSON object";
 /// The VMI of the VM whose hook sidecar the gateway is, as virt-launcher hands it at
 /// `OnDefineDomain` (JSON), parsed once for both of its answers.
 #[derive(Debug)]
-pub struct HookedVmi {
+pub(crate) struct HookedVmi {
     /// The VMI's JSON tree, or why the bytes are not JSON (each answer says it in its own
     /// words).
     json: Result<Value, serde_json::Error>,
@@ -28,7 +28,7 @@ pub struct HookedVmi {
 impl HookedVmi {
     /// Parses the VMI's JSON. Never fails: a VMI that is not JSON is reported by each
     /// answer, as the hook wants it.
-    pub fn parse(vmi_json: &[u8]) -> HookedVmi {
+    pub(crate) fn parse(vmi_json: &[u8]) -> HookedVmi {
         HookedVmi {
             json: serde_json::from_slice(vmi_json),
         }
@@ -38,7 +38,7 @@ impl HookedVmi {
     /// sidecar, `readinessProbe`/`livenessProbe` are kubelet's `httpGet` probes to the
     /// gateway, not checks for it. Errors read as `validate` reports them for a VMI
     /// manifest.
-    pub fn checks(&self) -> Result<GatewayFile, ConfigErrors> {
+    pub(crate) fn checks(&self) -> Result<GatewayFile, ConfigErrors> {
         let mut errors = Errors::default();
         let root = FieldPath::root();
         let file = match &self.json {
@@ -53,7 +53,7 @@ impl HookedVmi {
     }
 
     /// The VMI's vsock CID (`status.vsockCID`), for an agent at `vsock://vmi:PORT`.
-    pub fn vsock_cid(&self) -> Result<u32, String> {
+    pub(crate) fn vsock_cid(&self) -> Result<u32, String> {
         let vmi = self
             .json
             .as_ref()

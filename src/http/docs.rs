@@ -78,7 +78,7 @@ const FILES: [(&str, &str, &[u8]); 8] = [
 ];
 
 /// `GET /docs/{file}`.
-pub async fn file(name: web::Path<String>) -> HttpResponse {
+pub(super) async fn file(name: web::Path<String>) -> HttpResponse {
     match FILES.iter().find(|(file, ..)| *file == name.as_str()) {
         Some((_, content_type, bytes)) => HttpResponse::Ok()
             .content_type(*content_type)
@@ -95,7 +95,7 @@ pub async fn file(name: web::Path<String>) -> HttpResponse {
 }
 
 /// `GET /docs`: on to `/docs/` (the assets are relative to it).
-pub async fn redirect() -> HttpResponse {
+pub(super) async fn redirect() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/docs/"))
         .finish()

@@ -9,7 +9,7 @@ use crate::config::ProbeKind;
 /// A request the gateway will not serve, and why. The message is for the client: it
 /// names what is wrong and never carries internals.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0} probe is not configured")]
     NotConfigured(ProbeKind),
     #[error("not found: the gateway serves /ready, /live, /healthz and /metrics")]
@@ -25,7 +25,7 @@ pub enum ApiError {
 
 /// The JSON body of an error response.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// What is wrong, for people.
     #[schema(example = "readiness probe is not configured")]
     pub error: String,
@@ -34,7 +34,7 @@ pub struct ErrorBody {
 /// An [`ApiError`] rendered in the form the client accepts.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
-pub struct ApiErrorResponse {
+pub(crate) struct ApiErrorResponse {
     pub error: ApiError,
     pub json: bool,
 }

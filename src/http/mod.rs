@@ -17,11 +17,11 @@
 #[cfg(feature = "swagger-ui")]
 mod docs;
 mod error;
-pub mod negotiate;
-pub mod openapi;
-pub mod render;
+pub(crate) mod negotiate;
+pub(crate) mod openapi;
+pub(crate) mod render;
 mod routes;
-pub mod server;
+pub(crate) mod server;
 #[cfg(test)]
 mod tests;
 
@@ -29,13 +29,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, web};
 
-pub use error::{ApiError, ApiErrorResponse};
-pub use routes::{AppState, count_requests};
-pub use server::{Drained, HttpServer};
+pub(crate) use routes::{AppState, count_requests};
+pub(crate) use server::{Drained, HttpServer};
 
 /// The gateway's app: the routes, the request counter, `state`. The server and the
 /// in-process route tests build this same app.
-pub fn app(
+pub(crate) fn app(
     state: web::Data<AppState>,
 ) -> App<
     impl ServiceFactory<
@@ -53,7 +52,7 @@ pub fn app(
 }
 
 /// Registers the routes on an actix-web app.
-pub fn configure(config: &mut web::ServiceConfig) {
+pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
             web::resource("/ready")

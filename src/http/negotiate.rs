@@ -3,7 +3,7 @@
 
 /// The form of a probe response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `ok` or the one-line reason: what kubelet and scripts read.
     Plain,
     /// The human-readable report (`?verbose`).
@@ -14,7 +14,7 @@ pub enum Format {
 
 /// True when the client prefers JSON: `application/json` is listed with a weight above
 /// zero and not below any listed `text/plain`. `*/*` (kubelet, curl) means text.
-pub fn wants_json(accept: Option<&str>) -> bool {
+pub(crate) fn wants_json(accept: Option<&str>) -> bool {
     let Some(accept) = accept else {
         return false;
     };
@@ -42,7 +42,7 @@ pub fn wants_json(accept: Option<&str>) -> bool {
 
 /// Reads the query string of a probe request: only `verbose` is known, as a flag
 /// (`?verbose`) or with `true`/`false`/`1`/`0`. Anything else is a client error, named.
-pub fn verbose_flag(query: &str) -> Result<bool, String> {
+pub(crate) fn verbose_flag(query: &str) -> Result<bool, String> {
     let mut verbose = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = match pair.split_once('=') {

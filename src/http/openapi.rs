@@ -28,10 +28,10 @@ use crate::probe::CheckResult;
         (name = "operations", description = "What operators and tools call"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The document as pretty JSON, as committed in `openapi/openapi.json`.
-pub fn document() -> String {
+pub(crate) fn document() -> String {
     let mut json = ApiDoc::openapi()
         .to_pretty_json()
         .unwrap_or_else(|error| format!("{{\"error\": \"{error}\"}}"));

@@ -23,13 +23,13 @@ use crate::probe::{CheckResult, ProbeReport};
 
 /// What a report may show beyond the outcome.
 #[derive(Debug, Clone, Copy)]
-pub struct Exposure {
+pub(crate) struct Exposure {
     /// Include stdout/stderr excerpts (`exposeOutput`).
     pub output: bool,
 }
 
 /// The body of a plain response: `ok`, or the reason.
-pub fn plain(report: &ProbeReport) -> String {
+pub(crate) fn plain(report: &ProbeReport) -> String {
     if report.passed() {
         "ok\n".to_string()
     } else {
@@ -38,7 +38,7 @@ pub fn plain(report: &ProbeReport) -> String {
 }
 
 /// The verbose text report.
-pub fn verbose(report: &ProbeReport, exposure: Exposure) -> String {
+pub(crate) fn verbose(report: &ProbeReport, exposure: Exposure) -> String {
     let mut text = String::new();
     let mark = if report.passed() { '+' } else { '-' };
     let _ = write!(text, "[{mark}]{} {} ", report.probe, report.handler);
@@ -97,7 +97,7 @@ pub fn verbose(report: &ProbeReport, exposure: Exposure) -> String {
 }
 
 /// The JSON report.
-pub fn json(report: &ProbeReport, exposure: Exposure) -> String {
+pub(crate) fn json(report: &ProbeReport, exposure: Exposure) -> String {
     serde_json::to_string(&JsonReport::new(report, exposure))
         .unwrap_or_else(|error| format!("{{\"error\":\"cannot serialize the report: {error}\"}}"))
 }
@@ -107,7 +107,8 @@ pub fn json(report: &ProbeReport, exposure: Exposure) -> String {
 /// OpenAPI document uses this type.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub enum ProbeUnavailable {
+#[allow(dead_code, reason = "a schema for the OpenAPI document, never built")]
+pub(crate) enum ProbeUnavailable {
     Report(Box<JsonReport>),
     Waiting(super::error::ErrorBody),
 }
@@ -115,7 +116,7 @@ pub enum ProbeUnavailable {
 /// The JSON report's shape: exactly these fields (the API contract).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct JsonReport {
+pub(crate) struct JsonReport {
     #[schema(value_type = String, pattern = "^(readiness|liveness)$", example = "readiness")]
     pub probe: &'static str,
     #[schema(value_type = String, pattern = "^(exec|guestAgentPing)$", example = "exec")]
@@ -180,7 +181,7 @@ pub struct JsonReport {
 }
 
 impl JsonReport {
-    pub fn new(report: &ProbeReport, exposure: Exposure) -> Self {
+    pub(crate) fn new(report: &ProbeReport, exposure: Exposure) -> Self {
         let exec = (report.handler == "exec").then(|| report.exec.clone().unwrap_or_default());
         let output = exec.as_ref().filter(|_| exposure.output);
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();

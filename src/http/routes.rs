@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::probe::{CheckResult, InForce, ProbeReport, ProbeRunner};
 
 /// What every handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     pub checks: Arc<InForce>,
     pub metrics: Arc<Metrics>,
 }
@@ -50,7 +50,7 @@ const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
         )),
     )
 )]
-pub async fn ready(
+pub(super) async fn ready(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiErrorResponse> {
@@ -83,7 +83,7 @@ pub async fn ready(
         )),
     )
 )]
-pub async fn live(
+pub(super) async fn live(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiErrorResponse> {
@@ -171,7 +171,7 @@ fn respond(report: &ProbeReport, format: Format, exposure: Exposure) -> HttpResp
     responses((status = 200, description = "Metrics in the OpenMetrics text format.",
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)),
 )]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
@@ -186,7 +186,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     summary = "The OpenAPI document",
     responses((status = 200, description = "The OpenAPI document of this API.", content_type = "application/json", body = Object)),
 )]
-pub async fn openapi_json() -> HttpResponse {
+pub(super) async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(super::openapi::document())
@@ -194,7 +194,7 @@ pub async fn openapi_json() -> HttpResponse {
 
 /// Counts every response by route and status (the `http_requests_total` metric) and logs
 /// it at debug level.
-pub async fn count_requests(
+pub(crate) async fn count_requests(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
@@ -221,14 +221,14 @@ pub async fn count_requests(
     description = "200 while the gateway serves. Never touches the agent.",
     responses((status = 200, description = "The gateway serves.", content_type = "text/plain", body = String, example = "ok")),
 )]
-pub async fn healthz() -> HttpResponse {
+pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .body("ok\n")
 }
 
-pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
+pub(super) async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
     ApiErrorResponse {
         error: ApiError::MethodNotAllowed { allow: "GET, HEAD" },
         json: accepts_json(&request),
@@ -236,7 +236,7 @@ pub async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-pub async fn method_not_allowed_get(request: HttpRequest) -> HttpResponse {
+pub(super) async fn method_not_allowed_get(request: HttpRequest) -> HttpResponse {
     ApiErrorResponse {
         error: ApiError::MethodNotAllowed { allow: "GET" },
         json: accepts_json(&request),
@@ -244,7 +244,7 @@ pub async fn method_not_allowed_get(request: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-pub async fn not_found(request: HttpRequest) -> HttpResponse {
+pub(super) async fn not_found(request: HttpRequest) -> HttpResponse {
     ApiErrorResponse {
         error: ApiError::NotFound,
         json: accepts_json(&request),

@@ -29,7 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::AppState;
 
 /// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 1024;
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
 
 /// After a failed accept (out of file descriptors, say), wait this long before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
@@ -42,7 +42,7 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a shutdown ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drained {
+pub(crate) enum Drained {
     /// Every request in flight was answered.
     Done,
     /// The grace elapsed; this many connections were dropped.
@@ -50,14 +50,14 @@ pub enum Drained {
 }
 
 /// The running server. Must run inside an actix system (it spawns on its local set).
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<io::Result<Drained>>,
 }
 
 impl HttpServer {
     /// Serves `listener` with the gateway's app until [`HttpServer::stop`].
-    pub fn start(
+    pub(crate) fn start(
         listener: std::net::TcpListener,
         state: web::Data<AppState>,
         grace: Duration,
@@ -70,19 +70,19 @@ impl HttpServer {
     }
 
     /// Resolves if the server ends on its own (it does not, short of a bug).
-    pub async fn ended(&mut self) -> io::Result<Drained> {
+    pub(crate) async fn ended(&mut self) -> io::Result<Drained> {
         (&mut self.task).await.map_err(io::Error::other)?
     }
 
     /// Stops accepting, lets the requests in flight finish within the grace (idle
     /// keep-alive connections are closed at once), and drops what is left.
-    pub async fn stop(self) -> io::Result<Drained> {
+    pub(crate) async fn stop(self) -> io::Result<Drained> {
         let _ = self.stop.send(true);
         self.task.await.map_err(io::Error::other)?
     }
 
     /// Stops at once, dropping every connection.
-    pub fn abort(self) {
+    pub(crate) fn abort(self) {
         self.task.abort();
     }
 }
@@ -236,13 +236,13 @@ where
 /// The listen address could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot bind {address}: {source}")]
-pub struct BindError {
+pub(crate) struct BindError {
     pub address: std::net::SocketAddr,
     pub source: io::Error,
 }
 
 /// Binds `address`; the IPv6 wildcard falls back to `0.0.0.0` on hosts without IPv6.
-pub fn bind(address: std::net::SocketAddr) -> Result<std::net::TcpListener, BindError> {
+pub(crate) fn bind(address: std::net::SocketAddr) -> Result<std::net::TcpListener, BindError> {
     match std::net::TcpListener::bind(address) {
         Ok(listener) => Ok(listener),
         Err(error) if address.ip().is_unspecified() && address.is_ipv6() && no_ipv6(&error) => {

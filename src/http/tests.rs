@@ -25,7 +25,7 @@ use super::server::{Serving, connection_service};
 use crate::config::{AgentSetting, Overrides, Settings, parse_document};
 use crate::kubevirt::WAITING_FOR_DEFINITION;
 use crate::metrics::Metrics;
-use crate::probe::{InForce, ProbeSet};
+use crate::probe::InForce;
 
 const PING_BOTH: &str =
     "readinessProbe:\n  guestAgentPing: {}\nlivenessProbe:\n  guestAgentPing: {}\n";
@@ -49,7 +49,7 @@ fn configured(config: &str, dir: &Path) -> web::Data<AppState> {
     let settings = Settings::resolve(file, &overrides).expect("settings");
     let metrics = Arc::new(Metrics::new());
     let checks = InForce::new(WAITING_FOR_DEFINITION);
-    checks.replace(ProbeSet::start(settings.checks, &metrics));
+    checks.put(settings.checks, &metrics);
     state(checks, metrics)
 }
 

@@ -14,11 +14,11 @@ use quick_xml::reader::Reader;
 
 /// The guest-side name of the gateway's channel. `org.qemu.guest_agent.0` belongs to
 /// libvirt and virt-handler and is never touched.
-pub const CHANNEL_NAME: &str = "org.qemu.guest_agent.1";
+pub(crate) const CHANNEL_NAME: &str = "org.qemu.guest_agent.1";
 
 /// Why a domain could not be given the channel. Each names what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DomainError {
+pub(crate) enum DomainError {
     #[error("domain XML is not UTF-8 (at byte {0})")]
     NotUtf8(usize),
     #[error("domain XML is malformed at byte {position}: {message}")]
@@ -38,7 +38,7 @@ pub enum DomainError {
 
 /// The domain after the edit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EditedDomain {
+pub(crate) struct EditedDomain {
     pub xml: String,
     /// False when the domain already had the channel (a migration target's second
     /// `OnDefineDomain`): then `xml` is the input unchanged.
@@ -47,7 +47,10 @@ pub struct EditedDomain {
 
 /// Adds the channel bound to `socket_path` (the path as QEMU, in the compute container,
 /// sees it), once: a domain that already has it is returned unchanged.
-pub fn add_agent_channel(xml: &[u8], socket_path: &str) -> Result<EditedDomain, DomainError> {
+pub(crate) fn add_agent_channel(
+    xml: &[u8],
+    socket_path: &str,
+) -> Result<EditedDomain, DomainError> {
     let text = std::str::from_utf8(xml).map_err(|e| DomainError::NotUtf8(e.valid_up_to()))?;
     // quick-xml skips a byte-order mark without counting it in its positions: parse and
     // edit what follows it, and put it back.

@@ -24,21 +24,21 @@ use crate::agent::AgentAddress;
 use crate::config::{GatewayFile, HookedVmi};
 
 /// The hooks directory KubeVirt mounts into hook sidecars and the compute container.
-pub const KUBEVIRT_HOOKS_DIR: &str = "/var/run/kubevirt-hooks";
+pub(crate) const KUBEVIRT_HOOKS_DIR: &str = "/var/run/kubevirt-hooks";
 /// The gateway's gRPC socket in its hooks directory: the one socket virt-launcher dials.
-pub const HOOK_SOCKET: &str = "probe-gateway.sock";
+pub(crate) const HOOK_SOCKET: &str = "probe-gateway.sock";
 /// The private agent channel's socket, created by QEMU.
-pub const CHANNEL_SOCKET: &str = "probe-gateway-qga.sock";
+pub(crate) const CHANNEL_SOCKET: &str = "probe-gateway-qga.sock";
 /// The name `Info` gives; virt-launcher logs it.
-pub const HOOK_NAME: &str = "probe-gateway";
+pub(crate) const HOOK_NAME: &str = "probe-gateway";
 /// The least time the hook server gets to finish its calls at shutdown.
 const MIN_STOP_GRACE: Duration = Duration::from_secs(1);
 /// The container name KubeVirt gives the first hook sidecar of a VM.
-pub const DEFAULT_CONTAINER_NAME: &str = "hook-sidecar-0";
+pub(crate) const DEFAULT_CONTAINER_NAME: &str = "hook-sidecar-0";
 
 /// What hook mode needs to know, from flags and environment.
 #[derive(Debug, Clone)]
-pub struct HookSetup {
+pub(crate) struct HookSetup {
     /// The hooks directory as the gateway sees it (`--hooks-dir`).
     pub hooks_dir: PathBuf,
     /// This sidecar's container name (`CONTAINER_NAME`, set by KubeVirt).
@@ -54,7 +54,7 @@ impl HookSetup {
     /// The channel's socket as the compute container (QEMU) sees it: KubeVirt from 1.6
     /// mounts each sidecar's sub-directory of the hooks volume as the sidecar's hooks
     /// directory and the whole volume in the compute container.
-    pub fn channel_path_for_qemu(&self) -> String {
+    pub(crate) fn channel_path_for_qemu(&self) -> String {
         format!(
             "{KUBEVIRT_HOOKS_DIR}/{}/{CHANNEL_SOCKET}",
             self.container_name
@@ -65,7 +65,7 @@ impl HookSetup {
     /// later), or in the sub-directory named after the container that
     /// [`prepare_shared_layout`](Self::prepare_shared_layout) makes for older releases,
     /// which mount the same whole volume in every container.
-    pub fn agent_address(&self) -> AgentAddress {
+    pub(crate) fn agent_address(&self) -> AgentAddress {
         AgentAddress::PrivateChannel {
             socket: self.hooks_dir.join(CHANNEL_SOCKET),
             shared_layout: self
@@ -76,7 +76,7 @@ impl HookSetup {
     }
 
     /// Checks the container name: it becomes a path component in the domain XML.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let name = &self.container_name;
         let dns_label = !name.is_empty()
             && name.len() <= 63
@@ -110,7 +110,7 @@ impl HookSetup {
 
 /// What the services tell the application.
 #[derive(Debug)]
-pub enum HookEvent {
+pub(crate) enum HookEvent {
     /// The VM is being defined with these checks (`None`: a config file gave them).
     /// `applied` is answered once they are in force, or with why they cannot be.
     Defined {
@@ -125,7 +125,7 @@ pub enum HookEvent {
 
 /// Why the hook server could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     #[error("hooks dir {dir}: {source}")]
     HooksDir { dir: String, source: io::Error },
     #[error("cannot listen on {socket}: {source}")]
@@ -135,7 +135,7 @@ pub enum HookError {
 }
 
 /// The running gRPC server.
-pub struct HookServer {
+pub(crate) struct HookServer {
     socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -144,7 +144,7 @@ pub struct HookServer {
 impl HookServer {
     /// Binds [`HOOK_SOCKET`] in the hooks directory and serves. Must run on a tokio
     /// runtime.
-    pub fn start(
+    pub(crate) fn start(
         setup: &HookSetup,
         events: mpsc::UnboundedSender<HookEvent>,
     ) -> Result<HookServer, HookError> {
@@ -190,7 +190,7 @@ impl HookServer {
     /// Stops accepting calls, lets calls in flight finish within `grace` (at least
     /// [`MIN_STOP_GRACE`], so that the reply to `Shutdown` goes out; virt-launcher may hold
     /// its connection open beyond that), and removes the socket.
-    pub async fn stop(mut self, grace: Duration) {
+    pub(crate) async fn stop(mut self, grace: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -3,10 +3,10 @@
 //! ([`domain`]), what the gateway knows of its VM and applying its definition ([`vm`]),
 //! and the generated protocol code ([`proto`]).
 
-pub mod domain;
-pub mod hook;
+pub(crate) mod domain;
+pub(crate) mod hook;
 pub mod proto;
-pub mod vm;
+pub(crate) mod vm;
 
-pub use hook::{HookEvent, HookServer, HookSetup};
-pub use vm::{VmKnowledge, WAITING_FOR_DEFINITION};
+pub(crate) use hook::{HookEvent, HookServer, HookSetup};
+pub(crate) use vm::{VmKnowledge, WAITING_FOR_DEFINITION};

@@ -13,12 +13,12 @@ use crate::metrics::Metrics;
 use crate::probe::{InForce, SwapOutcome};
 
 /// What `/ready` and `/live` say in hook mode before `OnDefineDomain`.
-pub const WAITING_FOR_DEFINITION: &str = "waiting for the VM definition: the checks come from \
+pub(crate) const WAITING_FOR_DEFINITION: &str = "waiting for the VM definition: the checks come from \
     the VMI's probe-gateway.kubevirt.io/probes annotation at KubeVirt's OnDefineDomain hook";
 
 /// What a hook sidecar knows of its VM, to resolve `vsock://vmi:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmKnowledge {
+pub(crate) enum VmKnowledge {
     /// Before `OnDefineDomain`.
     AwaitingDefinition,
     /// Defined; the VMI's `status.vsockCID` when it has one.
@@ -30,7 +30,7 @@ pub enum VmKnowledge {
 /// vsock address; a standalone gateway's (`None`) are as configured. Both a definition and
 /// a reload go through here, always from the configured form, so a redefinition with
 /// another CID moves the checks to it.
-pub fn settings_for_vm(
+pub(crate) fn settings_for_vm(
     mut settings: CheckSettings,
     vm: Option<VmKnowledge>,
 ) -> Result<CheckSettings, String> {
@@ -57,7 +57,7 @@ pub fn settings_for_vm(
 /// Puts what the VM's definition brings in force (see [`InForce::put`]): the VMI's checks
 /// (`None` when a config file gave them: `configured`), resolved with `overrides` and for
 /// `vm`. The error is what the hook answers KubeVirt.
-pub fn apply_definition(
+pub(crate) fn apply_definition(
     in_force: &InForce,
     file: Option<GatewayFile>,
     configured: Option<&CheckSettings>,

@@ -19,13 +19,13 @@ use crate::config::{ProbeKind, ProbeSpec};
 
 /// How late a due result may be, beyond the check's own timeout, before it is stale. The
 /// check itself is bounded by its timeout; this covers scheduling on a busy node.
-pub const STALE_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const STALE_MARGIN: Duration = Duration::from_secs(1);
 
 /// Kubelet's result arithmetic for one probe. Kubelet starts readiness as failing and
 /// liveness as passing; a result flips the state only after `threshold` equal results in
 /// a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ThresholdState {
+pub(crate) struct ThresholdState {
     pub passing: bool,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
@@ -33,7 +33,7 @@ pub struct ThresholdState {
 }
 
 impl ThresholdState {
-    pub fn initial(kind: ProbeKind) -> ThresholdState {
+    pub(crate) fn initial(kind: ProbeKind) -> ThresholdState {
         ThresholdState {
             passing: kind == ProbeKind::Liveness,
             consecutive_successes: 0,
@@ -43,7 +43,7 @@ impl ThresholdState {
     }
 
     /// Counts one result; returns true when the state flipped.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         passed: bool,
         at: SystemTime,
@@ -105,7 +105,7 @@ fn seconds(count: u32) -> Duration {
 }
 
 /// One probe run by the gateway's own loop. Dropping it stops the loop.
-pub struct BackgroundProbe {
+pub(crate) struct BackgroundProbe {
     /// Runs the check; its spec is the loop's schedule.
     runner: Arc<ProbeRunner>,
     shared: Arc<Mutex<LoopState>>,
@@ -121,7 +121,7 @@ impl Drop for BackgroundProbe {
 impl BackgroundProbe {
     /// Starts the loop of `runner`'s probe in kubelet's initial state. Must run on a tokio
     /// runtime.
-    pub fn start(runner: Arc<ProbeRunner>) -> BackgroundProbe {
+    pub(crate) fn start(runner: Arc<ProbeRunner>) -> BackgroundProbe {
         let anchor = Anchor::Started(Instant::now());
         let shared = LoopState {
             state: ThresholdState::initial(runner.kind()),
@@ -136,7 +136,7 @@ impl BackgroundProbe {
     /// before a reload) left off: its counts, its state and its latest result stay, and the
     /// next check is due on the new schedule counted from the previous one, so a reload
     /// neither resets readiness to failing nor waits `initialDelaySeconds` again.
-    pub fn resume(previous: &BackgroundProbe, runner: Arc<ProbeRunner>) -> BackgroundProbe {
+    pub(crate) fn resume(previous: &BackgroundProbe, runner: Arc<ProbeRunner>) -> BackgroundProbe {
         let shared = {
             let old = previous
                 .shared
@@ -162,18 +162,18 @@ impl BackgroundProbe {
         }
     }
 
-    pub fn kind(&self) -> ProbeKind {
+    pub(crate) fn kind(&self) -> ProbeKind {
         self.runner.kind()
     }
 
     /// The runner the loop runs.
-    pub fn runner(&self) -> &Arc<ProbeRunner> {
+    pub(crate) fn runner(&self) -> &Arc<ProbeRunner> {
         &self.runner
     }
 
     /// The probe's current state as a report: the latest check's details, the verdict of
     /// the thresholds, and why the two differ when they do.
-    pub fn report(&self) -> Arc<ProbeReport> {
+    pub(crate) fn report(&self) -> Arc<ProbeReport> {
         let now = Instant::now();
         let spec = self.runner.spec();
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);

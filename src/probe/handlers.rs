@@ -10,7 +10,7 @@ use crate::config::{ExecCommand, ProbeKind};
 
 /// What a check found, before it becomes a [`super::ProbeReport`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub(super) struct Outcome {
     pub result: CheckResult,
     pub reason: Option<String>,
     pub exec: Option<ExecDetails>,
@@ -26,7 +26,7 @@ impl Outcome {
     }
 
     /// The outcome of a check that could not get an answer from the agent.
-    pub fn from_agent_error(error: &AgentError, timeout: Duration) -> Self {
+    pub(super) fn from_agent_error(error: &AgentError, timeout: Duration) -> Self {
         let secs = timeout.as_secs();
         let (result, reason) = match error {
             AgentError::Timeout {
@@ -54,7 +54,7 @@ impl Outcome {
 }
 
 /// `guest-ping` within the deadline.
-pub async fn ping(agent: &GuestAgent, timeout: Duration, deadline: Instant) -> Outcome {
+pub(super) async fn ping(agent: &GuestAgent, timeout: Duration, deadline: Instant) -> Outcome {
     match agent.ping(deadline).await {
         Ok(()) => Outcome::success(),
         Err(error) => Outcome::from_agent_error(&error, timeout),
@@ -64,7 +64,7 @@ pub async fn ping(agent: &GuestAgent, timeout: Duration, deadline: Instant) -> O
 /// Runs the configured command in the guest (the agent's guest processes poll it until it
 /// exits or the deadline passes; one still running then stays tracked and keeps this
 /// probe from starting another) and judges its exit.
-pub async fn exec(
+pub(super) async fn exec(
     agent: &GuestAgent,
     probe: ProbeKind,
     command: &ExecCommand,

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 type SpawnAgent<'a> = &'a dyn Fn(&CheckSettings, &Arc<Metrics>) -> GuestAgent;
 
 /// The probes of one configuration and the agent connection they share.
-pub struct ProbeSet {
+pub(crate) struct ProbeSet {
     pub settings: CheckSettings,
     readiness: Option<Arc<ProbeRunner>>,
     liveness: Option<Arc<ProbeRunner>>,
@@ -43,12 +43,6 @@ struct Predecessor<'a> {
 }
 
 impl ProbeSet {
-    /// Starts the agent client and a runner per configured probe. The liveness grace
-    /// counts from now. Must run on a tokio runtime.
-    pub fn start(settings: CheckSettings, metrics: &Arc<Metrics>) -> ProbeSet {
-        ProbeSet::start_with(settings, metrics, &spawn_agent)
-    }
-
     fn start_with(settings: CheckSettings, metrics: &Arc<Metrics>, spawn: SpawnAgent) -> ProbeSet {
         let agent = spawn(&settings, metrics);
         ProbeSet::build(settings, agent, Instant::now(), None, metrics).0
@@ -167,7 +161,7 @@ impl ProbeSet {
     }
 
     /// The runner of `kind`, if that probe is configured.
-    pub fn runner(&self, kind: ProbeKind) -> Option<&Arc<ProbeRunner>> {
+    pub(crate) fn runner(&self, kind: ProbeKind) -> Option<&Arc<ProbeRunner>> {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),
@@ -180,13 +174,13 @@ impl ProbeSet {
 
     /// The answer for `kind`: in background mode the loop's current state, at once;
     /// otherwise `None` (the caller runs the check).
-    pub fn background_report(&self, kind: ProbeKind) -> Option<Arc<ProbeReport>> {
+    pub(crate) fn background_report(&self, kind: ProbeKind) -> Option<Arc<ProbeReport>> {
         self.background_probe(kind).map(|probe| probe.report())
     }
 
     /// Closes the agent connection gracefully (at shutdown); checks after it fail as
     /// unavailable.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.agent.close().await;
     }
 }
@@ -206,7 +200,7 @@ fn same_agent(a: &CheckSettings, b: &CheckSettings) -> bool {
 
 /// What [`InForce::put`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SwapOutcome {
+pub(crate) enum SwapOutcome {
     /// The settings are the ones in force (a migration target's second definition, a
     /// reload of the same file): the set in force stays.
     Unchanged,
@@ -217,7 +211,7 @@ pub enum SwapOutcome {
 
 impl SwapOutcome {
     /// The name in logs and in the `result` label of the reload metric.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             SwapOutcome::Unchanged => "unchanged",
             SwapOutcome::Applied { .. } => "applied",
@@ -227,7 +221,7 @@ impl SwapOutcome {
 
 /// What a new set took over from the one before it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kept {
+pub(crate) struct Kept {
     /// The agent connection (same address, same excerpt size).
     pub connection: bool,
     /// Probes whose runner goes on as it was: its check in flight, its latest result.
@@ -239,7 +233,7 @@ pub struct Kept {
 }
 
 /// The current [`ProbeSet`], or why there is none yet.
-pub struct InForce {
+pub(crate) struct InForce {
     current: RwLock<Option<Arc<ProbeSet>>>,
     /// The reason `/ready` and `/live` give while there is no set.
     waiting: &'static str,
@@ -247,7 +241,7 @@ pub struct InForce {
 
 impl InForce {
     /// No set in force yet; `waiting` is why, as `/ready` and `/live` say until one is.
-    pub fn new(waiting: &'static str) -> InForce {
+    pub(crate) fn new(waiting: &'static str) -> InForce {
         InForce {
             current: RwLock::new(None),
             waiting,
@@ -255,14 +249,14 @@ impl InForce {
     }
 
     /// The set in force, or the reason there is none.
-    pub fn current(&self) -> Result<Arc<ProbeSet>, &'static str> {
+    pub(crate) fn current(&self) -> Result<Arc<ProbeSet>, &'static str> {
         self.read().clone().ok_or(self.waiting)
     }
 
     /// Puts `settings`' probes in force, unless they are the ones in force. A new set
     /// takes over what it can from the old one (see `ProbeSet::follow`). Never waits:
     /// the old set is dropped, not closed (see the module doc).
-    pub fn put(&self, settings: CheckSettings, metrics: &Arc<Metrics>) -> SwapOutcome {
+    pub(crate) fn put(&self, settings: CheckSettings, metrics: &Arc<Metrics>) -> SwapOutcome {
         self.put_with(settings, metrics, &spawn_agent)
     }
 
@@ -286,13 +280,13 @@ impl InForce {
     }
 
     /// Puts `set` in force; returns the set it replaces.
-    pub fn replace(&self, set: ProbeSet) -> Option<Arc<ProbeSet>> {
+    pub(crate) fn replace(&self, set: ProbeSet) -> Option<Arc<ProbeSet>> {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         current.replace(Arc::new(set))
     }
 
     /// Takes the set out of force (at shutdown).
-    pub fn take(&self) -> Option<Arc<ProbeSet>> {
+    pub(crate) fn take(&self) -> Option<Arc<ProbeSet>> {
         self.current
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -11,7 +11,9 @@ mod runner;
 #[cfg(test)]
 mod scripted_agent;
 
-pub use background::{BackgroundProbe, STALE_MARGIN, ThresholdState};
-pub use in_force::{InForce, Kept, ProbeSet, SwapOutcome};
-pub use report::{BackgroundView, CheckResult, ExecDetails, ProbeReport};
-pub use runner::{LivenessGrace, ProbeRunner};
+pub(crate) use background::BackgroundProbe;
+pub(crate) use in_force::{InForce, SwapOutcome};
+#[cfg(test)]
+pub(crate) use report::ExecDetails;
+pub(crate) use report::{CheckResult, ProbeReport};
+pub(crate) use runner::{LivenessGrace, ProbeRunner};

@@ -9,7 +9,7 @@ use crate::config::ProbeKind;
 /// in time; `Error`: the agent could not run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum CheckResult {
+pub(crate) enum CheckResult {
     Success,
     Failure,
     Timeout,
@@ -17,7 +17,7 @@ pub enum CheckResult {
 }
 
 impl CheckResult {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckResult::Success => "success",
             CheckResult::Failure => "failure",
@@ -29,7 +29,7 @@ impl CheckResult {
 
 /// What an exec check learnt about its guest process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecDetails {
+pub(crate) struct ExecDetails {
     pub exit_code: Option<i64>,
     pub signal: Option<i64>,
     pub stdout: OutputExcerpt,
@@ -38,7 +38,7 @@ pub struct ExecDetails {
 
 /// The report of one check.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     pub probe: ProbeKind,
     /// `exec` or `guestAgentPing`.
     pub handler: &'static str,
@@ -57,7 +57,7 @@ pub struct ProbeReport {
 
 /// A background probe's state, as reports show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackgroundView {
+pub(crate) struct BackgroundView {
     /// The verdict: the thresholds' state, and not stale.
     pub passing: bool,
     pub consecutive_successes: u32,
@@ -71,7 +71,7 @@ pub struct BackgroundView {
 impl ProbeReport {
     /// True when kubelet should count the probe as passed: the check's result, or in
     /// background mode the thresholds' state.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         match &self.background {
             Some(view) => view.passing,
             None => self.result == CheckResult::Success,
@@ -79,7 +79,7 @@ impl ProbeReport {
     }
 
     /// The one-line reason shown in a 503 body.
-    pub fn reason_line(&self) -> String {
+    pub(crate) fn reason_line(&self) -> String {
         self.reason
             .clone()
             .unwrap_or_else(|| self.result.as_str().to_string())
@@ -87,7 +87,7 @@ impl ProbeReport {
 }
 
 /// The conventional name of a Linux signal number, for reasons people read.
-pub fn signal_name(signal: i64) -> Option<&'static str> {
+pub(super) fn signal_name(signal: i64) -> Option<&'static str> {
     const NAMES: [&str; 31] = [
         "SIGHUP",
         "SIGINT",

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 /// passes: a booting guest, or a migration target whose guest has not arrived yet, is
 /// not a dead one. It ends early once the agent has answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LivenessGrace {
+pub(crate) struct LivenessGrace {
     pub started: Instant,
     pub window: Duration,
 }
@@ -25,7 +25,7 @@ type Flight = watch::Receiver<Option<Arc<ProbeReport>>>;
 
 /// Runs one probe's check. Concurrent callers share the check in flight, so a burst of
 /// requests costs the guest one command, not one each.
-pub struct ProbeRunner {
+pub(crate) struct ProbeRunner {
     kind: ProbeKind,
     spec: ProbeSpec,
     agent: GuestAgent,
@@ -61,7 +61,7 @@ impl Drop for FlightLanding {
 }
 
 impl ProbeRunner {
-    pub fn new(
+    pub(crate) fn new(
         kind: ProbeKind,
         spec: ProbeSpec,
         agent: GuestAgent,
@@ -82,26 +82,26 @@ impl ProbeRunner {
         })
     }
 
-    pub fn kind(&self) -> ProbeKind {
+    pub(crate) fn kind(&self) -> ProbeKind {
         self.kind
     }
 
-    pub fn handler(&self) -> &'static str {
+    pub(crate) fn handler(&self) -> &'static str {
         self.spec.handler.name()
     }
 
-    pub fn spec(&self) -> &ProbeSpec {
+    pub(crate) fn spec(&self) -> &ProbeSpec {
         &self.spec
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.spec.timeout
     }
 
     /// True when this runner runs exactly the check these settings describe (on the same
     /// agent), so a new set of checks can keep it, with its check in flight and its
     /// latest result.
-    pub fn runs(
+    pub(crate) fn runs(
         &self,
         spec: &ProbeSpec,
         min_interval: Duration,
@@ -116,7 +116,7 @@ impl ProbeRunner {
     ///
     /// With `minIntervalSeconds`, a result younger than that is answered again (marked
     /// with its age) instead of starting a process in the guest per request.
-    pub async fn check(self: &Arc<Self>) -> Arc<ProbeReport> {
+    pub(crate) async fn check(self: &Arc<Self>) -> Arc<ProbeReport> {
         if let Some(reused) = self.recent() {
             return reused;
         }
@@ -173,7 +173,7 @@ impl ProbeRunner {
     }
 
     /// Runs the check once, now, without single flight.
-    pub async fn run(&self) -> ProbeReport {
+    pub(crate) async fn run(&self) -> ProbeReport {
         let checked_at = SystemTime::now();
         let started = Instant::now();
         let deadline = started + self.spec.timeout;

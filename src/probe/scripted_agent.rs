@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::agent::transport::{BoxStream, Connect, ConnectFuture};
 
 /// An agent endpoint; `Arc<ScriptedAgent>` is its connector.
-pub struct ScriptedAgent {
+pub(crate) struct ScriptedAgent {
     /// The result of each command in turn (an error reply for `false`); `true` once empty.
     results: Mutex<VecDeque<bool>>,
     /// How long each answer to a command takes.
@@ -28,12 +28,12 @@ pub struct ScriptedAgent {
 
 impl ScriptedAgent {
     /// An agent that answers each command at once with the next of `results`.
-    pub fn new(results: &[bool]) -> Arc<ScriptedAgent> {
+    pub(crate) fn new(results: &[bool]) -> Arc<ScriptedAgent> {
         ScriptedAgent::build(results, Duration::ZERO)
     }
 
     /// An agent that answers every command with success, `delay` after receiving it.
-    pub fn answering_after(delay: Duration) -> Arc<ScriptedAgent> {
+    pub(crate) fn answering_after(delay: Duration) -> Arc<ScriptedAgent> {
         ScriptedAgent::build(&[], delay)
     }
 
@@ -47,23 +47,23 @@ impl ScriptedAgent {
     }
 
     /// Connections opened to this agent so far.
-    pub fn opened(&self) -> usize {
+    pub(crate) fn opened(&self) -> usize {
         self.connections.borrow().0
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.connections.borrow().1
     }
 
     /// Waits until `count` commands have been received.
-    pub async fn until_received(&self, count: usize) {
+    pub(crate) async fn until_received(&self, count: usize) {
         let mut received = self.received.subscribe();
         let _ = received.wait_for(|received| *received >= count).await;
     }
 
     /// Waits until a connection was opened and none is open any more.
-    pub async fn until_closed(&self) {
+    pub(crate) async fn until_closed(&self) {
         let mut connections = self.connections.subscribe();
         let _ = connections
             .wait_for(|&(opened, open)| opened > 0 && open == 0)

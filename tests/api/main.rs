@@ -8,6 +8,10 @@
     clippy::expect_used,
     reason = "a test harness: a failed set-up step panics with its message, which is the test's failure report"
 )]
+#![allow(
+    unreachable_pub,
+    reason = "a test binary: its support modules are `pub` to one another, nothing is exported"
+)]
 
 mod support;
 

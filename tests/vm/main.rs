@@ -7,6 +7,10 @@
     clippy::expect_used,
     reason = "a test harness: a failed set-up step panics with its message, which is the test's failure report"
 )]
+#![allow(
+    unreachable_pub,
+    reason = "a test binary: its support modules are `pub` to one another, nothing is exported"
+)]
 
 // The same harness as the agent tests (the gateway binary, `eventually`).
 mod guest;

@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 /// Handle to the link's task. Cheap to clone; the task ends when [`QgaLink::close`] is
 /// called or every handle is dropped (then it closes the connection gracefully too).
 #[derive(Clone)]
-pub struct QgaLink {
+pub(crate) struct QgaLink {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<LinkStatus>,
     close: Arc<tokio::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>>,
@@ -27,7 +27,7 @@ pub struct QgaLink {
 impl QgaLink {
     /// Starts the link's task on the current tokio runtime. It connects at once and keeps
     /// reconnecting.
-    pub fn spawn(connector: impl Connect, metrics: Arc<Metrics>) -> QgaLink {
+    pub(crate) fn spawn(connector: impl Connect, metrics: Arc<Metrics>) -> QgaLink {
         let (requests, inbox) = mpsc::channel(QUEUE_DEPTH);
         let (status_tx, status) = watch::channel(LinkStatus {
             state: LinkState::Disconnected("not connected yet".into()),

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use self::connection::Connection;
-pub use self::handle::QgaLink;
+pub(super) use self::handle::QgaLink;
 use self::sync::{Resync, Sync};
 use super::backend::{CallResult, LateReply, LinkState, LinkStatus};
 use super::backoff::Backoff;

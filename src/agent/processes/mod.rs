@@ -50,7 +50,7 @@ const ORPHAN_POLL_TIMEOUT: Duration = Duration::from_secs(1);
 const OUTCOME_MARGIN: Duration = Duration::from_millis(100);
 
 /// The guest processes of one agent connection.
-pub struct GuestProcesses {
+pub(super) struct GuestProcesses {
     backend: Arc<dyn AgentBackend>,
     /// The output kept of each stream (`outputExcerptBytes`).
     excerpt_bytes: usize,
@@ -70,7 +70,7 @@ struct Entry {
 }
 
 impl GuestProcesses {
-    pub fn new(
+    pub(super) fn new(
         backend: Arc<dyn AgentBackend>,
         excerpt_bytes: usize,
         metrics: Arc<Metrics>,
@@ -86,7 +86,7 @@ impl GuestProcesses {
 
     /// Runs `command` in the guest for `owner`'s probe and returns its exit status, or why
     /// there is none by `deadline`. Refused while an earlier process of `owner` runs.
-    pub async fn run(
+    pub(super) async fn run(
         self: &Arc<Self>,
         owner: ProbeKind,
         command: &ExecCommand,
@@ -128,7 +128,7 @@ impl GuestProcesses {
 
     /// Stops every keeper (the connection is closing): processes still running are no
     /// longer tracked.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.closed.send_replace(true);
     }
 
