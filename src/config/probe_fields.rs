@@ -92,31 +92,21 @@ struct ProbeInteger {
     minimum: u32,
 }
 
-const TIMEOUT_SECONDS: ProbeInteger = ProbeInteger {
-    name: "timeoutSeconds",
-    default: 1,
-    minimum: 1,
-};
-const INITIAL_DELAY_SECONDS: ProbeInteger = ProbeInteger {
-    name: "initialDelaySeconds",
-    default: 0,
-    minimum: 0,
-};
-const PERIOD_SECONDS: ProbeInteger = ProbeInteger {
-    name: "periodSeconds",
-    default: 10,
-    minimum: 1,
-};
-const SUCCESS_THRESHOLD: ProbeInteger = ProbeInteger {
-    name: "successThreshold",
-    default: 1,
-    minimum: 1,
-};
-const FAILURE_THRESHOLD: ProbeInteger = ProbeInteger {
-    name: "failureThreshold",
-    default: 3,
-    minimum: 1,
-};
+impl ProbeInteger {
+    const fn new(name: &'static str, default: u32, minimum: u32) -> ProbeInteger {
+        ProbeInteger {
+            name,
+            default,
+            minimum,
+        }
+    }
+}
+
+const TIMEOUT_SECONDS: ProbeInteger = ProbeInteger::new("timeoutSeconds", 1, 1);
+const INITIAL_DELAY_SECONDS: ProbeInteger = ProbeInteger::new("initialDelaySeconds", 0, 0);
+const PERIOD_SECONDS: ProbeInteger = ProbeInteger::new("periodSeconds", 10, 1);
+const SUCCESS_THRESHOLD: ProbeInteger = ProbeInteger::new("successThreshold", 1, 1);
+const FAILURE_THRESHOLD: ProbeInteger = ProbeInteger::new("failureThreshold", 3, 1);
 
 /// Reads a probe integer: the default when unset, `None` (with an error) when invalid.
 /// Kubernetes declares these `int32`, so larger values are refused as they would be there.

@@ -54,38 +54,31 @@ pub(crate) fn app(
 /// Registers the routes on an actix-web app.
 pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(
-            web::resource("/ready")
-                .route(web::get().to(routes::ready))
-                .route(web::head().to(routes::ready))
-                .default_service(web::to(routes::method_not_allowed)),
-        )
-        .service(
-            web::resource("/live")
-                .route(web::get().to(routes::live))
-                .route(web::head().to(routes::live))
-                .default_service(web::to(routes::method_not_allowed)),
-        )
-        .service(
-            web::resource("/metrics")
-                .route(web::get().to(routes::metrics))
-                .route(web::head().to(routes::metrics))
-                .default_service(web::to(routes::method_not_allowed)),
-        )
+        .service(get_and_head("/ready", routes::ready))
+        .service(get_and_head("/live", routes::live))
+        .service(get_and_head("/metrics", routes::metrics))
         .service(
             web::resource("/openapi.json")
                 .route(web::get().to(routes::openapi_json))
                 .default_service(web::to(routes::method_not_allowed_get)),
         )
-        .service(
-            web::resource("/healthz")
-                .route(web::get().to(routes::healthz))
-                .route(web::head().to(routes::healthz))
-                .default_service(web::to(routes::method_not_allowed)),
-        )
+        .service(get_and_head("/healthz", routes::healthz))
         .default_service(web::to(routes::not_found));
     #[cfg(feature = "swagger-ui")]
     config
         .service(web::resource("/docs").route(web::get().to(docs::redirect)))
         .service(web::resource("/docs/{file:.*}").route(web::get().to(docs::file)));
+}
+
+/// `path` served by `handler` for GET and HEAD (actix drops HEAD's body), 405 otherwise.
+fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(routes::method_not_allowed))
 }

@@ -24,71 +24,60 @@ pub(crate) struct AppState {
 /// the promise that a response comes within `timeoutSeconds` + 0.5 s whatever happens.
 const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
 
-#[utoipa::path(
-    get,
-    path = "/ready",
-    tag = "probes",
-    summary = "Run the readiness check",
-    description = "Runs the configured readiness check (exec or guestAgentPing) through the guest agent. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body.",
-    params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
-    responses(
-        (status = 200, description = "The check passed.", content(
-            (String = "text/plain", example = "ok"),
-            (JsonReport = "application/json"),
-        )),
-        (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
-            (String = "text/plain", example = "exec: exit code 1"),
-            (ProbeUnavailable = "application/json"),
-        )),
-        (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
-            (String = "text/plain"),
-            (ErrorBody = "application/json"),
-        )),
-        (status = 404, description = "This probe is not configured.", content(
-            (String = "text/plain"),
-            (ErrorBody = "application/json"),
-        )),
-    )
-)]
-pub(super) async fn ready(
-    request: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiErrorResponse> {
-    probe(ProbeKind::Readiness, &request, &state).await
+/// A probe route: the same contract for `/ready` and `/live`, one handler each (the
+/// OpenAPI document describes each path; only the summary and description differ).
+macro_rules! probe_route {
+    ($name:ident, $path:literal, $kind:expr, $summary:literal, $description:literal) => {
+        #[utoipa::path(
+            get,
+            path = $path,
+            tag = "probes",
+            summary = $summary,
+            description = $description,
+            params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
+            responses(
+                (status = 200, description = "The check passed.", content(
+                    (String = "text/plain", example = "ok"),
+                    (JsonReport = "application/json"),
+                )),
+                (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
+                    (String = "text/plain", example = "exec: exit code 1"),
+                    (ProbeUnavailable = "application/json"),
+                )),
+                (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+                    (String = "text/plain"),
+                    (ErrorBody = "application/json"),
+                )),
+                (status = 404, description = "This probe is not configured.", content(
+                    (String = "text/plain"),
+                    (ErrorBody = "application/json"),
+                )),
+            )
+        )]
+        pub(super) async fn $name(
+            request: HttpRequest,
+            state: web::Data<AppState>,
+        ) -> Result<HttpResponse, ApiErrorResponse> {
+            probe($kind, &request, &state).await
+        }
+    };
 }
 
-#[utoipa::path(
-    get,
-    path = "/live",
-    tag = "probes",
-    summary = "Run the liveness check",
-    description = "Runs the configured liveness check. Until the agent has answered once, a failure to reach it passes within livenessGraceSeconds, with a note in reason. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body.",
-    params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
-    responses(
-        (status = 200, description = "The check passed.", content(
-            (String = "text/plain", example = "ok"),
-            (JsonReport = "application/json"),
-        )),
-        (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
-            (String = "text/plain", example = "exec: exit code 1"),
-            (ProbeUnavailable = "application/json"),
-        )),
-        (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
-            (String = "text/plain"),
-            (ErrorBody = "application/json"),
-        )),
-        (status = 404, description = "This probe is not configured.", content(
-            (String = "text/plain"),
-            (ErrorBody = "application/json"),
-        )),
-    )
-)]
-pub(super) async fn live(
-    request: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiErrorResponse> {
-    probe(ProbeKind::Liveness, &request, &state).await
-}
+probe_route!(
+    ready,
+    "/ready",
+    ProbeKind::Readiness,
+    "Run the readiness check",
+    "Runs the configured readiness check (exec or guestAgentPing) through the guest agent. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body."
+);
+
+probe_route!(
+    live,
+    "/live",
+    ProbeKind::Liveness,
+    "Run the liveness check",
+    "Runs the configured liveness check. Until the agent has answered once, a failure to reach it passes within livenessGraceSeconds, with a note in reason. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body."
+);
 
 async fn probe(
     kind: ProbeKind,

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::*;
 use crate::agent::backend::{AgentBackend, Call};
-use crate::agent::testing::{Peers, peer_connector};
+use crate::agent::testing::{Peer, Peers, peer_connector};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -31,6 +31,41 @@ fn call(
         late,
     });
     tokio::spawn(future)
+}
+
+/// A status poll of `pid` whose real answer (exit code 1) comes after a success in reply
+/// to the request `decoy` names: the poll must get its own answer.
+async fn answered_after_a_decoy(
+    link: &QgaLink,
+    peer: &mut Peer,
+    pid: i64,
+    decoy: impl Fn(&Value) -> Value,
+) {
+    let status = call(link, status_of(pid), SECOND, None);
+    let request = peer.expect("guest-exec-status").await;
+    peer.reply(&decoy(&request), json!({"exited": true, "exitcode": 0}))
+        .await;
+    peer.reply(&request, json!({"exited": true, "exitcode": 1}))
+        .await;
+    assert_eq!(
+        status.await.unwrap(),
+        Ok(json!({"exited": true, "exitcode": 1}))
+    );
+}
+
+/// A link in step, and a `guest-exec` sent on it with a late sink and a deadline a
+/// second away.
+async fn exec_with_a_late_sink() -> (
+    QgaLink,
+    Peer,
+    tokio::task::JoinHandle<CallResult>,
+    oneshot::Receiver<LateReply>,
+) {
+    let (link, mut peers) = link();
+    let peer = peers.accept_in_step().await;
+    let (sink, late) = oneshot::channel();
+    let exec = call(&link, exec_true(), SECOND, Some(sink));
+    (link, peer, exec, late)
 }
 
 fn status_of(pid: i64) -> Command {
@@ -91,24 +126,12 @@ async fn a_stale_reply_is_dropped_and_the_next_command_gets_its_own() {
     peer.reply(&stale, json!({"exited": true, "exitcode": 7}))
         .await;
     peer.answer_sync().await;
-    let second = call(&link, status_of(2), SECOND, None);
-    let request = peer.expect("guest-exec-status").await;
-    peer.reply(&stale, json!({"exited": true, "exitcode": 7}))
-        .await;
-    peer.reply(&request, json!({"exited": true, "exitcode": 0}))
-        .await;
-    assert_eq!(
-        second.await.unwrap(),
-        Ok(json!({"exited": true, "exitcode": 0}))
-    );
+    answered_after_a_decoy(&link, &mut peer, 2, |_| stale.clone()).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_reply_that_misses_its_deadline_goes_to_the_late_sink() {
-    let (link, mut peers) = link();
-    let mut peer = peers.accept_in_step().await;
-    let (sink, late) = oneshot::channel();
-    let exec = call(&link, exec_true(), SECOND, Some(sink));
+    let (_link, mut peer, exec, late) = exec_with_a_late_sink().await;
     let request = peer.expect("guest-exec").await;
     assert!(matches!(
         exec.await.unwrap(),
@@ -124,10 +147,7 @@ async fn a_reply_that_misses_its_deadline_goes_to_the_late_sink() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_reply_not_seen_before_the_resync_answer_is_unanswered() {
-    let (link, mut peers) = link();
-    let mut peer = peers.accept_in_step().await;
-    let (sink, late) = oneshot::channel();
-    let exec = call(&link, exec_true(), SECOND, Some(sink));
+    let (_link, mut peer, exec, late) = exec_with_a_late_sink().await;
     peer.expect("guest-exec").await;
     assert!(exec.await.unwrap().is_err());
     peer.answer_sync().await;
@@ -309,17 +329,8 @@ async fn stale_lines_left_on_the_stream_are_never_taken_for_answers() {
     peer.write(&stale).await;
     peer.answer_sync().await;
     for pid in 1..=3 {
-        let status = call(&link, status_of(pid), SECOND, None);
-        let request = peer.expect("guest-exec-status").await;
         // A success with the neighbouring id comes first.
-        let decoy = json!({"id": request["id"].as_u64().unwrap() - 1});
-        peer.reply(&decoy, json!({"exited": true, "exitcode": 0}))
-            .await;
-        peer.reply(&request, json!({"exited": true, "exitcode": 1}))
-            .await;
-        assert_eq!(
-            status.await.unwrap(),
-            Ok(json!({"exited": true, "exitcode": 1}))
-        );
+        let neighbour = |request: &Value| json!({"id": request["id"].as_u64().unwrap() - 1});
+        answered_after_a_decoy(&link, &mut peer, pid, neighbour).await;
     }
 }

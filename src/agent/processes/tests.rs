@@ -12,23 +12,6 @@ use crate::agent::backend::{CallFuture, CallResult, CloseFuture, LinkState, Link
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
-/// A call as the backend got it (and when), for the test to answer.
-struct Sent {
-    call: Call,
-    at: Instant,
-    answer: oneshot::Sender<CallResult>,
-}
-
-impl Sent {
-    fn answer(self, value: Value) {
-        let _ = self.answer.send(Ok(value));
-    }
-
-    fn fail(self, error: AgentError) {
-        let _ = self.answer.send(Err(error));
-    }
-}
-
 /// A backend whose replies the test writes; a call unanswered by its deadline times out.
 struct Scripted {
     sent: mpsc::UnboundedSender<Sent>,
@@ -67,6 +50,23 @@ impl AgentBackend for Scripted {
 
     fn close(&self) -> CloseFuture<'_> {
         Box::pin(async {})
+    }
+}
+
+/// A call as the backend got it (and when), for the test to answer.
+struct Sent {
+    call: Call,
+    at: Instant,
+    answer: oneshot::Sender<CallResult>,
+}
+
+impl Sent {
+    fn answer(self, value: Value) {
+        let _ = self.answer.send(Ok(value));
+    }
+
+    fn fail(self, error: AgentError) {
+        let _ = self.answer.send(Err(error));
     }
 }
 
@@ -134,6 +134,7 @@ impl Harness {
             .await
             .answer(json!({"exited": true, "exitcode": 0}));
         assert!(next.await.unwrap().is_ok(), "the probe did not start again");
+        assert_eq!(self.orphans(), 0, "an orphan is left");
     }
 
     fn orphans(&self) -> i64 {
@@ -151,6 +152,35 @@ impl Harness {
             }
         }
     }
+}
+
+/// Readiness's process (pid 7) outlived its check (which timed out): an orphan. Returns
+/// when its first orphan poll came.
+async fn orphan_of_readiness() -> (Harness, Instant) {
+    let mut h = harness(LateReplies::Delivered);
+    let started = Instant::now();
+    let run = h.run(ProbeKind::Readiness, SECOND);
+    h.next_exec().await.answer(json!({"pid": 7}));
+    let (result, first_orphan_poll) = tokio::join!(run, h.keep_running(7, started + SECOND));
+    let timed_out = AgentError::Timeout {
+        agent_silent: false,
+    };
+    assert_eq!(result.unwrap(), Err(timed_out));
+    (h, first_orphan_poll)
+}
+
+/// Readiness's `guest-exec`, sent and not answered (yet).
+async fn unanswered_exec(
+    late: LateReplies,
+) -> (
+    Harness,
+    tokio::task::JoinHandle<Result<ExecStatus, AgentError>>,
+    Sent,
+) {
+    let mut h = harness(late);
+    let run = h.run(ProbeKind::Readiness, SECOND);
+    let exec = h.next_exec().await;
+    (h, run, exec)
 }
 
 fn running() -> Value {
@@ -191,17 +221,7 @@ async fn polls_come_every_millisecond_five_times_then_back_off_to_100_ms() {
 
 #[tokio::test(start_paused = true)]
 async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_its_probe() {
-    let mut h = harness(LateReplies::Delivered);
-    let started = Instant::now();
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 7}));
-    let (result, first_orphan_poll) = tokio::join!(run, h.keep_running(7, started + SECOND));
-    assert_eq!(
-        result.unwrap(),
-        Err(AgentError::Timeout {
-            agent_silent: false
-        })
-    );
+    let (mut h, first_orphan_poll) = orphan_of_readiness().await;
     assert_eq!(h.orphans(), 1);
     // The same probe may not start another; the other probe may.
     let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
@@ -231,14 +251,11 @@ async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_i
     assert_eq!(gaps, [200, 400, 800, 1000, 1000, 1000].map(|n| n * MS));
     // Reaped: the probe may start again.
     h.starts_again(ProbeKind::Readiness, 9).await;
-    assert_eq!(h.orphans(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late() {
-    let mut h = harness(LateReplies::Delivered);
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    let exec = h.next_exec().await;
+    let (mut h, run, exec) = unanswered_exec(LateReplies::Delivered).await;
     // No answer: the call times out, the check with it.
     assert_eq!(
         run.await.unwrap(),
@@ -265,20 +282,15 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
 
 #[tokio::test(start_paused = true)]
 async fn a_guest_exec_that_never_answers_frees_its_probe_once_the_backend_says_so() {
-    let mut h = harness(LateReplies::Delivered);
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    let exec = h.next_exec().await;
+    let (mut h, run, exec) = unanswered_exec(LateReplies::Delivered).await;
     assert!(run.await.unwrap().is_err());
     let _ = exec.call.late.unwrap().send(LateReply::Unanswered);
     h.starts_again(ProbeKind::Readiness, 5).await;
-    assert_eq!(h.orphans(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_guest_exec_that_was_never_sent_frees_its_probe_at_once() {
-    let mut h = harness(LateReplies::Delivered);
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    let mut exec = h.next_exec().await;
+    let (mut h, run, mut exec) = unanswered_exec(LateReplies::Delivered).await;
     let late = exec.call.late.take().expect("a late sink");
     let _ = late.send(LateReply::NotSent);
     let _ = exec
@@ -301,11 +313,7 @@ async fn a_guest_exec_that_was_never_sent_frees_its_probe_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_pid_the_agent_no_longer_knows_ends_the_tracking() {
-    let mut h = harness(LateReplies::Delivered);
-    let started = Instant::now();
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 7}));
-    let _ = tokio::join!(run, h.keep_running(7, started + SECOND));
+    let (mut h, _) = orphan_of_readiness().await;
     assert_eq!(h.orphans(), 1);
     h.next_poll(7).await.fail(AgentError::Rejected {
         command: "guest-exec-status",
@@ -313,14 +321,11 @@ async fn a_pid_the_agent_no_longer_knows_ends_the_tracking() {
         desc: "Invalid parameter 'pid'".into(),
     });
     h.starts_again(ProbeKind::Readiness, 8).await;
-    assert_eq!(h.orphans(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn where_late_replies_are_dropped_a_lost_guest_exec_cannot_be_tracked() {
-    let mut h = harness(LateReplies::Dropped);
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    let exec = h.next_exec().await;
+    let (mut h, run, exec) = unanswered_exec(LateReplies::Dropped).await;
     assert!(
         exec.call.late.is_none(),
         "no late sink where none can be served"
@@ -331,11 +336,7 @@ async fn where_late_replies_are_dropped_a_lost_guest_exec_cannot_be_tracked() {
 
 #[tokio::test(start_paused = true)]
 async fn closing_stops_the_keepers() {
-    let mut h = harness(LateReplies::Delivered);
-    let started = Instant::now();
-    let run = h.run(ProbeKind::Readiness, SECOND);
-    h.next_exec().await.answer(json!({"pid": 7}));
-    let _ = tokio::join!(run, h.keep_running(7, started + SECOND));
+    let (mut h, _) = orphan_of_readiness().await;
     h.next_poll(7).await.answer(running());
     h.processes.close();
     let after = tokio::time::timeout(10 * SECOND, h.sent.recv()).await;
