@@ -11,21 +11,15 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
-/// What the fake does in answer to one request.
-pub enum Action {
-    /// Write these bytes.
-    Send(Vec<u8>),
-}
-
 /// `{"return": value, "id": id}` as a line.
-pub fn reply(request: &Value, value: Value) -> Action {
+pub fn reply(request: &Value, value: Value) -> Vec<u8> {
     let mut line = serde_json::json!({"return": value, "id": request["id"]}).to_string();
     line.push('\n');
-    Action::Send(line.into_bytes())
+    line.into_bytes()
 }
 
-/// The script: given a request (not a sync), the actions.
-pub type Script = dyn Fn(&Value) -> Vec<Action> + Send + Sync;
+/// The script: given a request (not a sync), the byte strings to write in answer.
+pub type Script = dyn Fn(&Value) -> Vec<Vec<u8>> + Send + Sync;
 
 pub struct FakeAgent {
     _dir: tempfile::TempDir,
@@ -92,12 +86,11 @@ async fn serve(stream: tokio::net::UnixStream, on_connect: &[u8], script: &Arc<S
             bytes.extend_from_slice(
                 format!("{{\"return\": {}}}\n", request["arguments"]["id"]).as_bytes(),
             );
-            vec![Action::Send(bytes)]
+            vec![bytes]
         } else {
             script(&request)
         };
-        for action in actions {
-            let Action::Send(bytes) = action;
+        for bytes in actions {
             if write.write_all(&bytes).await.is_err() {
                 return;
             }
