@@ -15,12 +15,23 @@ use crate::config::{ExecCommand, ProbeKind};
 use crate::metrics::Metrics;
 
 /// Handle to one agent connection and its guest processes. Cheap to clone. The connection
-/// closes on [`GuestAgent::close`], or by itself once every handle is dropped and no guest
-/// process is tracked any more.
+/// closes on [`GuestAgent::close`], or by itself once every handle is dropped: the guest
+/// processes' keepers stop then too (they hold the connection, which a listening agent
+/// serves to one client at a time, so a successor's connection would wait behind them).
 #[derive(Clone)]
 pub(crate) struct GuestAgent {
     backend: Arc<dyn AgentBackend>,
     processes: Arc<GuestProcesses>,
+    _handles: Arc<Handles>,
+}
+
+/// Shared by the handles only (not the keepers): the last handle's drop stops the keepers.
+struct Handles(Arc<GuestProcesses>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl GuestAgent {
@@ -42,7 +53,11 @@ impl GuestAgent {
         metrics: Arc<Metrics>,
     ) -> GuestAgent {
         let processes = GuestProcesses::new(Arc::clone(&backend), excerpt_bytes, metrics);
-        GuestAgent { backend, processes }
+        GuestAgent {
+            backend,
+            _handles: Arc::new(Handles(Arc::clone(&processes))),
+            processes,
+        }
     }
 
     /// The backend's current view of the way to the agent.
@@ -144,5 +159,44 @@ mod tests {
             third.await.unwrap().map(|status| status.exit_code),
             Ok(Some(0))
         );
+    }
+
+    /// A replaced set's connection must end with its last handle even while a guest
+    /// process it started still runs: a listening agent serves one client at a time.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_handle_gone_the_connection_closes_though_a_process_runs() {
+        let (connector, mut peers) = peer_connector();
+        let agent = GuestAgent::spawn(connector, 64, Arc::new(Metrics::new()));
+        let mut peer = peers.accept_in_step().await;
+        let command = ExecCommand {
+            path: "sleep".into(),
+            args: vec!["100".into()],
+        };
+        let check = {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + SECOND;
+                agent.exec(ProbeKind::Readiness, &command, deadline).await
+            })
+        };
+        let started = peer.expect("guest-exec").await;
+        peer.reply(&started, json!({"pid": 7})).await;
+        // Running until the check gives up, and on as an orphan.
+        loop {
+            let poll = peer.expect("guest-exec-status").await;
+            peer.reply(&poll, json!({"exited": false})).await;
+            if check.is_finished() {
+                break;
+            }
+        }
+        drop(agent);
+        // The orphan's keeper stops, and with it the link: the agent sees the close.
+        let closed = tokio::time::timeout(30 * SECOND, async {
+            while let Some(poll) = peer.next_request().await {
+                peer.reply(&poll, json!({"exited": false})).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection stayed open for the orphan");
     }
 }
