@@ -68,7 +68,7 @@ fn absolute_path(text: &str, path: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Reads the port of an address `text` for error messages.
+/// Reads `port`, a part of the address `text` (which the error names), as a port number.
 pub(crate) fn parse_port(text: &str, port: &str) -> Result<u32, String> {
     port.parse().map_err(|_| {
         format!("{text:?}: port {port:?} is not a number from 0 to 4294967295; expected {ACCEPTED_FORMS}")

@@ -21,7 +21,7 @@ mod link;
 mod processes;
 pub mod protocol;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub(crate) mod transport;
 
 pub(crate) use address::{AgentAddress, parse_port};

@@ -110,8 +110,7 @@ impl Peer {
         if read == 0 {
             return None;
         }
-        let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
-        Some(serde_json::from_slice(&line[start..]).expect("the link sent JSON"))
+        Some(request_of(&line).expect("the link sent JSON"))
     }
 
     /// The next request, which must be `execute`.
@@ -129,14 +128,7 @@ impl Peer {
 
     /// Answers the resync `sync` as qemu-ga does: `0xFF`, then its id as the return.
     pub(super) async fn answer_sync_request(&mut self, sync: &Value) {
-        let mut reply = vec![0xFF];
-        reply.extend(
-            json!({"return": sync["arguments"]["id"]})
-                .to_string()
-                .bytes(),
-        );
-        reply.push(b'\n');
-        self.write(&reply).await;
+        self.write(&sync_reply(sync)).await;
     }
 
     /// Answers `request` with `{"return": value}`.
@@ -148,4 +140,23 @@ impl Peer {
     pub(super) async fn write(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).await.expect("the link reads");
     }
+}
+
+/// A request line as the agent reads it: JSON after any `0xFF` bytes (which reset its
+/// parser); `None` for a line that is not JSON.
+pub(crate) fn request_of(line: &[u8]) -> Option<Value> {
+    let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
+    serde_json::from_slice(&line[start..]).ok()
+}
+
+/// qemu-ga's answer to the resync `sync`: `0xFF`, then its id as the return, one line.
+pub(crate) fn sync_reply(sync: &Value) -> Vec<u8> {
+    let mut reply = vec![0xFF];
+    reply.extend(
+        json!({"return": sync["arguments"]["id"]})
+            .to_string()
+            .bytes(),
+    );
+    reply.push(b'\n');
+    reply
 }

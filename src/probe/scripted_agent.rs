@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+use crate::agent::testing::{request_of, sync_reply};
 use crate::agent::transport::{BoxStream, Connect, ConnectFuture};
 
 /// An agent endpoint; `Arc<ScriptedAgent>` is its connector.
@@ -74,18 +75,11 @@ impl ScriptedAgent {
         let (read, mut write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).split(b'\n');
         while let Ok(Some(line)) = lines.next_segment().await {
-            let text: Vec<u8> = line.into_iter().filter(|&b| b != 0xFF).collect();
-            let Ok(request) = serde_json::from_slice::<Value>(&text) else {
+            let Some(request) = request_of(&line) else {
                 continue;
             };
             let reply = if request["execute"] == "guest-sync-delimited" {
-                let mut bytes = vec![0xFF];
-                bytes.extend(
-                    json!({"return": request["arguments"]["id"]})
-                        .to_string()
-                        .bytes(),
-                );
-                bytes
+                sync_reply(&request)
             } else {
                 self.received.send_modify(|received| *received += 1);
                 tokio::time::sleep(self.delay).await;
@@ -95,10 +89,9 @@ impl ScriptedAgent {
                 } else {
                     json!({"error": {"class": "GenericError", "desc": "scripted"}, "id": request["id"]})
                 };
-                reply.to_string().into_bytes()
+                format!("{reply}\n").into_bytes()
             };
             let _ = write.write_all(&reply).await;
-            let _ = write.write_all(b"\n").await;
         }
         self.connections.send_modify(|(_, open)| *open -= 1);
     }

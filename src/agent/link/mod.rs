@@ -610,10 +610,16 @@ impl LinkTask {
             self.finish(in_flight, Err(AgentError::Unavailable(reason)));
         }
         if let (Some(connection), Some(drain)) = (connection, drain) {
-            for line in connection.close_gracefully(drain).await {
-                if let Ok(reply) = protocol::parse_reply(&line) {
-                    self.deliver_late(&reply);
-                }
+            self.close_connection(*connection, drain).await;
+        }
+    }
+
+    /// Closes `connection` gracefully within `bound`; a late reply among the lines drained
+    /// still reaches its sink.
+    async fn close_connection(&mut self, connection: Connection, bound: Duration) {
+        for line in connection.close_gracefully(bound).await {
+            if let Ok(reply) = protocol::parse_reply(&line) {
+                self.deliver_late(&reply);
             }
         }
     }
@@ -634,11 +640,7 @@ impl LinkTask {
                 reconnect: RECONNECT,
             },
         ) {
-            for line in connection.close_gracefully(CLOSE_DRAIN).await {
-                if let Ok(reply) = protocol::parse_reply(&line) {
-                    self.deliver_late(&reply);
-                }
-            }
+            self.close_connection(*connection, CLOSE_DRAIN).await;
             tracing::debug!("agent connection closed");
         }
         for late in self.late.drain(..) {

@@ -171,14 +171,6 @@ impl Drop for Keeper {
 /// Where the check waits for the outcome; `None` once it has it or has given up.
 type Check = Option<oneshot::Sender<Result<ExecStatus, AgentError>>>;
 
-/// Why a keeper stops before the process is known to have exited.
-enum Untracked {
-    /// Nothing was started, or the check has its answer and nothing runs.
-    Done,
-    /// The connection closed.
-    Closed,
-}
-
 impl Keeper {
     async fn keep(
         self,
@@ -187,22 +179,17 @@ impl Keeper {
         report: oneshot::Sender<Result<ExecStatus, AgentError>>,
     ) {
         let mut check = Some(report);
-        let Ok(pid) = self.start(start, deadline, &mut check).await else {
+        let Some(pid) = self.start(start, deadline, &mut check).await else {
             return;
         };
         self.processes
             .update(self.owner, |entry| entry.pid = Some(pid));
-        let _ = self.poll_until_exit(pid, deadline, check).await;
+        self.poll_until_exit(pid, deadline, check).await;
     }
 
-    /// Sends `guest-exec`; the pid, or (having told the check why) `Err` when there is no
+    /// Sends `guest-exec`; the pid, or (having told the check why) `None` when there is no
     /// process to track.
-    async fn start(
-        &self,
-        start: Command,
-        deadline: Instant,
-        check: &mut Check,
-    ) -> Result<i64, Untracked> {
+    async fn start(&self, start: Command, deadline: Instant, check: &mut Check) -> Option<i64> {
         let (late, mut late_reply) = match self.processes.backend.late_replies() {
             LateReplies::Delivered => {
                 let (sink, reply) = oneshot::channel();
@@ -221,25 +208,23 @@ impl Keeper {
             .await;
         let error = match started {
             Ok(value) => {
-                return protocol::parse_exec_started(&value).map_err(|problem| {
-                    tell(check, Err(AgentError::Protocol(problem)));
-                    Untracked::Done
-                });
+                return protocol::parse_exec_started(&value)
+                    .map_err(|problem| tell(check, Err(AgentError::Protocol(problem))))
+                    .ok();
             }
             Err(error @ (AgentError::Timeout { .. } | AgentError::Unavailable(_))) => error,
             Err(error) => {
                 tell(check, Err(error));
-                return Err(Untracked::Done);
+                return None;
             }
         };
+        tell(check, Err(error));
         // The reply did not come: the process may run all the same. Known at once when
         // the command was never sent.
         let early = late_reply.as_mut().map(oneshot::Receiver::try_recv);
         if let Some(Ok(LateReply::NotSent)) = early {
-            tell(check, Err(error));
-            return Err(Untracked::Done);
+            return None;
         }
-        tell(check, Err(error));
         self.processes
             .update(self.owner, |entry| entry.abandoned = true);
         let probe = self.owner;
@@ -247,7 +232,7 @@ impl Keeper {
             (Some(Ok(late)), _) => late,
             (Some(Err(oneshot::error::TryRecvError::Empty)), Some(reply)) => tokio::select! {
                 late = reply => late.unwrap_or(LateReply::Unanswered),
-                () = self.closing() => return Err(Untracked::Closed),
+                () = self.closing() => return None,
             },
             _ => LateReply::Unanswered,
         };
@@ -255,33 +240,28 @@ impl Keeper {
             LateReply::Answered(Ok(value)) => match protocol::parse_exec_started(&value) {
                 Ok(pid) => {
                     tracing::info!(%probe, pid, "late guest-exec reply: tracking its process");
-                    Ok(pid)
+                    Some(pid)
                 }
                 Err(problem) => {
                     tracing::debug!(%probe, problem, "late guest-exec reply started nothing");
-                    Err(Untracked::Done)
+                    None
                 }
             },
             LateReply::Answered(Err(error)) => {
                 tracing::debug!(%probe, %error, "late guest-exec reply started nothing");
-                Err(Untracked::Done)
+                None
             }
-            LateReply::NotSent => Err(Untracked::Done),
+            LateReply::NotSent => None,
             LateReply::Unanswered => {
                 tracing::warn!(%probe, "a timed-out guest-exec never answered; if it started a process, the gateway cannot track it");
-                Err(Untracked::Done)
+                None
             }
         }
     }
 
-    /// Polls `pid` until it exits or the agent forgets it; the check gets the outcome by
-    /// `deadline`, and an orphan is polled on.
-    async fn poll_until_exit(
-        &self,
-        pid: i64,
-        deadline: Instant,
-        mut check: Check,
-    ) -> Result<(), Untracked> {
+    /// Polls `pid` until it exits, the agent forgets it or the connection closes; the check
+    /// gets the outcome by `deadline`, and an orphan is polled on.
+    async fn poll_until_exit(&self, pid: i64, deadline: Instant, mut check: Check) {
         let probe = self.owner;
         let mut polls = Backoff::after_steady(POLL_FIRST, FAST_POLLS, POLL_MAX);
         if check.is_none() {
@@ -320,7 +300,7 @@ impl Keeper {
                             tracing::info!(%probe, pid, exit_code = status.exit_code, signal = status.signal, "abandoned guest process exited");
                         }
                     }
-                    return Ok(());
+                    return;
                 }
                 (Ok(_), waiting) => check = waiting,
                 // The agent no longer knows the pid (reaped already, or a restarted agent),
@@ -336,7 +316,7 @@ impl Keeper {
                         }
                         None => tracing::info!(%probe, pid, "abandoned guest process is gone"),
                     }
-                    return Ok(());
+                    return;
                 }
                 (Err(error), Some(waiting)) => {
                     let _ = waiting.send(Err(error));
@@ -355,7 +335,7 @@ impl Keeper {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = self.closing() => return Err(Untracked::Closed),
+                () = self.closing() => return,
             }
         }
     }
