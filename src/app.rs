@@ -102,7 +102,7 @@ impl Application {
             None => None,
         };
         let state = web::Data::new(AppState {
-            checks: Arc::clone(&in_force),
+            in_force: Arc::clone(&in_force),
             metrics: Arc::clone(&metrics),
         });
         let server =

@@ -42,20 +42,7 @@ impl ConfigSource {
     /// line, each with its field path.
     pub(crate) fn read(&self) -> Result<(String, Settings), String> {
         let shown = self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|source| {
-            LoadError::Read {
-                path: shown.clone(),
-                source,
-            }
-            .to_string()
-        })?;
-        let file = config::parse_document(&text).map_err(|errors| {
-            LoadError::Invalid {
-                path: shown.clone(),
-                errors,
-            }
-            .to_string()
-        })?;
+        let (file, text) = config::load_text(&self.path).map_err(|error| error.to_string())?;
         let settings = Settings::resolve(file, &self.overrides).map_err(|error| match error {
             ResolveError::Invalid(errors) => LoadError::Invalid {
                 path: shown,
@@ -220,9 +207,10 @@ impl FollowedFile {
                         "listen changed in the config: it takes effect at the next restart"
                     );
                 }
-                let outcome = in_force.put(checks, metrics).as_str();
+                let swapped = in_force.put(checks, metrics);
+                let outcome = swapped.as_str();
                 metrics.record_reload(outcome);
-                tracing::info!(path, outcome, "config reloaded");
+                tracing::info!(path, outcome, kept = swapped.kept(), "config reloaded");
                 self.text = text;
                 self.rejected = false;
                 self.configured = configured.checks;

@@ -16,7 +16,7 @@ use crate::probe::{CheckResult, InForce, ProbeReport, ProbeRunner};
 
 /// What every handler shares.
 pub(crate) struct AppState {
-    pub checks: Arc<InForce>,
+    pub in_force: Arc<InForce>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,19 +87,19 @@ async fn probe(
     let json = accepts_json(request);
     let fail = |error| ApiErrorResponse { error, json };
     let verbose = verbose_flag(request.query_string()).map_err(|e| fail(ApiError::BadQuery(e)))?;
-    let checks = state
-        .checks
+    let set = state
+        .in_force
         .current()
         .map_err(|reason| fail(ApiError::Waiting(reason)))?;
-    let runner = checks
+    let runner = set
         .runner(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
-    let report = match checks.background_report(kind) {
+    let report = match set.background_report(kind) {
         Some(report) => report,
         None => run_bounded(runner).await,
     };
     let exposure = Exposure {
-        output: checks.settings.expose_output,
+        output: set.settings.expose_output,
     };
     let format = match (json, verbose) {
         (true, _) => Format::Json,

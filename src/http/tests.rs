@@ -74,9 +74,9 @@ fn waiting_for_the_definition() -> web::Data<AppState> {
     )
 }
 
-fn state(checks: InForce, metrics: Arc<Metrics>) -> web::Data<AppState> {
+fn state(in_force: InForce, metrics: Arc<Metrics>) -> web::Data<AppState> {
     web::Data::new(AppState {
-        checks: Arc::new(checks),
+        in_force: Arc::new(in_force),
         metrics,
     })
 }

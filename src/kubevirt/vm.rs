@@ -81,8 +81,9 @@ pub(crate) fn apply_definition(
         SwapOutcome::Unchanged => {
             tracing::info!("the VM is defined again with the same checks; kept")
         }
-        SwapOutcome::Applied { .. } => {
-            tracing::info!(checks = %summary, %agent, "the VM is defined: its checks are in force")
+        applied @ SwapOutcome::Applied { .. } => {
+            let kept = applied.kept();
+            tracing::info!(checks = %summary, %agent, kept, "the VM is defined: its checks are in force")
         }
     }
     Ok(())

@@ -217,6 +217,14 @@ impl SwapOutcome {
             SwapOutcome::Applied { .. } => "applied",
         }
     }
+
+    /// What the set in force now took over from the one before, for the logs.
+    pub(crate) fn kept(&self) -> String {
+        match self {
+            SwapOutcome::Unchanged => "everything".to_string(),
+            SwapOutcome::Applied { kept } => kept.to_string(),
+        }
+    }
 }
 
 /// What a new set took over from the one before it.
@@ -230,6 +238,28 @@ pub(crate) struct Kept {
     pub loops: Vec<ProbeKind>,
     /// Background probes whose new loop resumes the old one's state and schedule.
     pub resumed: Vec<ProbeKind>,
+}
+
+/// For the logs: `the agent connection, readiness's runner, liveness's loop`, or `nothing`.
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.connection {
+            parts.push("the agent connection".to_string());
+        }
+        for (kinds, what) in [
+            (&self.runners, "runner"),
+            (&self.loops, "loop"),
+            (&self.resumed, "loop state (resumed)"),
+        ] {
+            parts.extend(kinds.iter().map(|kind| format!("{kind}'s {what}")));
+        }
+        if parts.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
 }
 
 /// The current [`ProbeSet`], or why there is none yet.
@@ -279,10 +309,15 @@ impl InForce {
         SwapOutcome::Applied { kept }
     }
 
-    /// Puts `set` in force; returns the set it replaces.
-    pub(crate) fn replace(&self, set: ProbeSet) -> Option<Arc<ProbeSet>> {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        current.replace(Arc::new(set))
+    /// Puts `set` in force; the set it replaces is dropped (see the module doc).
+    fn replace(&self, set: ProbeSet) {
+        let previous = self
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(Arc::new(set));
+        // Outside the lock: the last holder's drop stops loops and tasks.
+        drop(previous);
     }
 
     /// Takes the set out of force (at shutdown).
@@ -537,5 +572,20 @@ mod tests {
             !after.passed(),
             "a closed agent answers no check: {after:?}"
         );
+    }
+
+    #[test]
+    fn what_a_set_kept_reads_as_a_list_for_the_logs() {
+        let kept = Kept {
+            connection: true,
+            runners: vec![ProbeKind::Readiness],
+            loops: vec![],
+            resumed: vec![ProbeKind::Liveness],
+        };
+        assert_eq!(
+            kept.to_string(),
+            "the agent connection, readiness's runner, liveness's loop state (resumed)"
+        );
+        assert_eq!(Kept::default().to_string(), "nothing");
     }
 }
