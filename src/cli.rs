@@ -13,11 +13,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::time::Instant;
 
-use crate::agent::GuestAgent;
 use crate::app::{Application, HookMode};
 use crate::config::{
-    self, AgentSetting, CheckSettings, GatewayFile, LoadError, Overrides, ProbeKind, ResolveError,
-    Role, Settings,
+    self, AgentSetting, CheckSettings, GatewayFile, LibvirtUri, LoadError, Overrides, ProbeKind,
+    ResolveError, Role, Settings,
 };
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
@@ -73,9 +72,12 @@ pub struct ServeArgs {
     /// Address to listen on [default: [::]:8080, or 0.0.0.0:8080 without IPv6].
     #[arg(long, env = "PROBE_GATEWAY_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// The agent: unix:///path or an absolute path.
+    /// The agent: unix:///path or an absolute path, vsock://CID:PORT, hybrid-vsock:///path?port=PORT, or libvirt:DOMAIN.
     #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
     pub agent: Option<AgentSetting>,
+    /// The libvirt daemon of a libvirt:DOMAIN agent [default: qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock].
+    #[arg(long, env = "PROBE_GATEWAY_LIBVIRT_URI", value_name = "URI", value_parser = parse_libvirt_uri)]
+    pub libvirt_uri: Option<LibvirtUri>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds to finish in-flight requests after SIGTERM [default: 5].
@@ -98,6 +100,9 @@ pub struct CheckArgs {
     pub config: PathBuf,
     #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
     pub agent: Option<AgentSetting>,
+    /// The libvirt daemon of a libvirt:DOMAIN agent.
+    #[arg(long, env = "PROBE_GATEWAY_LIBVIRT_URI", value_name = "URI", value_parser = parse_libvirt_uri)]
+    pub libvirt_uri: Option<LibvirtUri>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -110,6 +115,10 @@ pub struct ValidateArgs {
 
 fn parse_agent(text: &str) -> Result<AgentSetting, String> {
     AgentSetting::parse(text)
+}
+
+fn parse_libvirt_uri(text: &str) -> Result<LibvirtUri, String> {
+    LibvirtUri::parse(text)
 }
 
 /// Runs a parsed command line.
@@ -136,7 +145,7 @@ fn config_error(error: &dyn std::fmt::Display) -> ExitCode {
 fn resolve_error(path: String, error: ResolveError) -> ExitCode {
     match error {
         ResolveError::Invalid(errors) => config_error(&LoadError::Invalid { path, errors }),
-        error @ ResolveError::VsockOfVmiNeedsHook => config_error(&error),
+        error => config_error(&error),
     }
 }
 
@@ -145,6 +154,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         agent: args.agent,
+        libvirt_uri: args.libvirt_uri,
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
         default_agent: None,
         role: if args.kubevirt_hook {
@@ -227,6 +237,7 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let overrides = Overrides {
         agent: args.agent,
+        libvirt_uri: args.libvirt_uri,
         ..Overrides::default()
     };
     let file = match config::load(&args.config) {
@@ -257,11 +268,7 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
-        let agent = GuestAgent::spawn(
-            settings.agent.clone(),
-            settings.output_excerpt_bytes,
-            Arc::clone(&metrics),
-        );
+        let agent = crate::probe::spawn_agent(&settings, &metrics);
         // No liveness grace: a one-off check tells what it finds.
         let runner = ProbeRunner::new(kind, spec, agent.clone(), None, Duration::ZERO, metrics);
         let started = Instant::now();

@@ -51,6 +51,11 @@ pub(crate) struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReloadLabels {
     pub result: &'static str,
 }
@@ -74,6 +79,7 @@ pub(crate) struct Metrics {
     pub guest_processes_running: Gauge,
     http_requests: Family<HttpLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    domain_state: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -96,6 +102,14 @@ impl Metrics {
         let guest_processes_running = Gauge::default();
         let http_requests = Family::default();
         let config_reloads = Family::default();
+        let domain_state = Family::default();
+        registry.register(
+            "domain_state",
+            "The libvirt domain's state as last learnt (1 for that state, 0 for the others; \
+             learnt after a failed agent command, a success meaning running): running, \
+             migrating, paused, shutting_down, shut_off, crashed, pmsuspended, no_domain, unknown",
+            domain_state.clone(),
+        );
         registry.register(
             "config_reloads",
             "Config file reloads, by result: applied, unchanged, or rejected (invalid; the config in force stays)",
@@ -152,6 +166,20 @@ impl Metrics {
             guest_processes_running,
             http_requests,
             config_reloads,
+            domain_state,
+        }
+    }
+
+    /// Sets the domain state gauge to `state` (one of `DomainState::LABELS`).
+    #[cfg_attr(
+        not(feature = "libvirt"),
+        allow(dead_code, reason = "set by the libvirt backend")
+    )]
+    pub(crate) fn record_domain_state(&self, state: &'static str) {
+        for label in crate::agent::DomainState::LABELS {
+            self.domain_state
+                .get_or_create(&StateLabels { state: label })
+                .set(i64::from(label == state));
         }
     }
 

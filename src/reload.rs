@@ -49,7 +49,7 @@ impl ConfigSource {
                 errors,
             }
             .to_string(),
-            error @ ResolveError::VsockOfVmiNeedsHook => format!("{shown}: {error}"),
+            error => format!("{shown}: {error}"),
         })?;
         Ok((text, settings))
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The accepted forms, quoted in every error about an agent address.
-pub(crate) const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), or hybrid-vsock:///absolute/path?port=PORT";
+pub(crate) const ACCEPTED_FORMS: &str = "unix:///absolute/path, an absolute path, vsock://CID:PORT (vsock://vmi:PORT in hook mode), hybrid-vsock:///absolute/path?port=PORT, or libvirt:DOMAIN";
 
 /// The address of a qemu-guest-agent endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,6 +65,11 @@ impl GuestAgent {
         self.backend.status()
     }
 
+    /// The VM's state as the backend last learnt it (`None`: the backend cannot know).
+    pub(crate) fn domain_state(&self) -> Option<crate::agent::DomainState> {
+        self.backend.domain_state()
+    }
+
     /// `guest-ping`.
     pub(crate) async fn ping(&self, deadline: Instant) -> Result<(), AgentError> {
         let call = Call {

@@ -14,9 +14,26 @@
 mod address;
 pub(crate) mod backend;
 mod backoff;
+// Only the libvirt backend learns a state; the rules and their tests are in every build.
+#[cfg_attr(
+    not(feature = "libvirt"),
+    allow(
+        dead_code,
+        reason = "states are learnt by the libvirt backend (feature libvirt)"
+    )
+)]
+mod domain_state;
 mod error;
 pub mod framing;
 mod guest_agent;
+#[cfg_attr(
+    not(feature = "libvirt"),
+    allow(
+        dead_code,
+        reason = "the classification is used by the libvirt backend (feature libvirt)"
+    )
+)]
+pub(crate) mod libvirt;
 mod link;
 mod processes;
 pub mod protocol;
@@ -25,6 +42,7 @@ pub(crate) mod testing;
 pub(crate) mod transport;
 
 pub(crate) use address::{AgentAddress, parse_port};
+pub(crate) use domain_state::{DomainState, PauseReason};
 pub(crate) use error::AgentError;
 pub(crate) use guest_agent::GuestAgent;
 pub(crate) use protocol::{ExecStatus, OutputExcerpt};

@@ -37,7 +37,31 @@ impl Command {
 
     /// The request line, with `id` for matching the reply.
     pub fn encode(&self, id: u64) -> Vec<u8> {
-        let arguments = match self {
+        let request = Request {
+            execute: self.name(),
+            arguments: self.arguments(),
+            id: Some(id),
+        };
+        let mut line = Vec::with_capacity(64);
+        // Serializing these types cannot fail: strings, integers and a boolean.
+        let _ = serde_json::to_writer(&mut line, &request);
+        line.push(b'\n');
+        line
+    }
+
+    /// The request as libvirt's agent command takes it: no id (libvirt matches replies
+    /// itself) and no newline.
+    pub fn request_text(&self) -> String {
+        let request = Request {
+            execute: self.name(),
+            arguments: self.arguments(),
+            id: None,
+        };
+        serde_json::to_string(&request).unwrap_or_default()
+    }
+
+    fn arguments(&self) -> Option<Arguments<'_>> {
+        match self {
             Command::Ping => None,
             // A boolean: qemu-ga 7.2 rejects the mode strings of 8.0+.
             Command::Exec { path, args } => Some(Arguments::Exec {
@@ -46,17 +70,7 @@ impl Command {
                 capture_output: true,
             }),
             Command::ExecStatus { pid } => Some(Arguments::ExecStatus { pid: *pid }),
-        };
-        let request = Request {
-            execute: self.name(),
-            arguments,
-            id,
-        };
-        let mut line = Vec::with_capacity(64);
-        // Serializing these types cannot fail: strings, integers and a boolean.
-        let _ = serde_json::to_writer(&mut line, &request);
-        line.push(b'\n');
-        line
+        }
     }
 }
 
@@ -67,7 +81,8 @@ struct Request<'a> {
     execute: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     arguments: Option<Arguments<'a>>,
-    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
 }
 
 #[derive(serde::Serialize)]
@@ -330,6 +345,21 @@ mod tests {
             let request: Value = serde_json::from_slice(&line).unwrap();
             assert_eq!(request, expected);
         }
+    }
+
+    #[test]
+    fn libvirts_request_has_no_id_and_the_same_arguments() {
+        let command = Command::Exec {
+            path: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo \"a\"".into()],
+        };
+        let text = command.request_text();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            json!({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", "echo \"a\""], "capture-output": true}})
+        );
+        assert_eq!(Command::Ping.request_text(), r#"{"execute":"guest-ping"}"#);
     }
 
     #[test]

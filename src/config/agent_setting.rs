@@ -2,10 +2,13 @@
 //! the VM's own vsock, whose CID only the VMI at `OnDefineDomain` brings. The agent client
 //! knows only [`AgentAddress`]es; the VM's vsock is resolved here and in
 //! `crate::kubevirt::vm`, and refused outside hook mode by [`super::Settings`] resolution.
+//! `libvirt:DOMAIN` is not a stream at all: the libvirt backend reaches that domain's agent
+//! through the daemon of `libvirtUri` ([`super::libvirt`]).
 
 use std::fmt;
 use std::io;
 
+use super::libvirt::LibvirtDomain;
 use crate::agent::transport::{Connect, ConnectFuture};
 use crate::agent::{AgentAddress, parse_port};
 
@@ -16,6 +19,9 @@ pub(crate) const VSOCK_OF_VMI_NEEDS_HOOK: &str = "agent: vsock://vmi:PORT takes 
 /// The prefix of the VM's own vsock.
 const VSOCK_OF_VMI: &str = "vsock://vmi:";
 
+/// The prefix of a libvirt domain.
+const LIBVIRT: &str = "libvirt:";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentSetting {
     /// An address the gateway can connect to as it is.
@@ -23,17 +29,23 @@ pub enum AgentSetting {
     /// `vsock://vmi:PORT`, KubeVirt hook mode only: AF_VSOCK to the VM this sidecar hooks,
     /// whose CID (`status.vsockCID`) is learnt at `OnDefineDomain`.
     VsockOfVmi { port: u32 },
+    /// `libvirt:DOMAIN`: the agent of a libvirt domain, through libvirt's agent command.
+    Libvirt(LibvirtDomain),
 }
 
 impl AgentSetting {
     /// Parses one of [`crate::agent::ACCEPTED_FORMS`].
     pub fn parse(text: &str) -> Result<AgentSetting, String> {
-        match text.trim().strip_prefix(VSOCK_OF_VMI) {
-            Some(port) => Ok(AgentSetting::VsockOfVmi {
-                port: parse_port(text.trim(), port)?,
-            }),
-            None => AgentAddress::parse(text).map(AgentSetting::Address),
+        let text = text.trim();
+        if let Some(port) = text.strip_prefix(VSOCK_OF_VMI) {
+            return Ok(AgentSetting::VsockOfVmi {
+                port: parse_port(text, port)?,
+            });
         }
+        if let Some(domain) = text.strip_prefix(LIBVIRT) {
+            return LibvirtDomain::parse(text, domain).map(AgentSetting::Libvirt);
+        }
+        AgentAddress::parse(text).map(AgentSetting::Address)
     }
 
     /// The setting with the VM's vsock CID filled in; an address stays as it is.
@@ -58,6 +70,7 @@ impl fmt::Display for AgentSetting {
         match self {
             AgentSetting::Address(address) => address.fmt(f),
             AgentSetting::VsockOfVmi { port } => write!(f, "{VSOCK_OF_VMI}{port}"),
+            AgentSetting::Libvirt(domain) => write!(f, "{LIBVIRT}{domain}"),
         }
     }
 }
@@ -72,6 +85,13 @@ impl Connect for AgentSetting {
                     io::ErrorKind::NotFound,
                     "the VM's vsock CID is not known yet: it comes with the VMI at \
                      KubeVirt's OnDefineDomain hook",
+                ))
+            }),
+            // Never asked: a libvirt domain gets the libvirt backend, not a stream.
+            AgentSetting::Libvirt(_) => Box::pin(async {
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a libvirt domain is reached through libvirt, not a stream",
                 ))
             }),
         }
@@ -94,6 +114,20 @@ mod tests {
         assert_eq!(
             setting.with_vmi_cid(7),
             AgentSetting::Address(AgentAddress::Vsock { cid: 7, port: 1024 })
+        );
+    }
+
+    #[test]
+    fn a_libvirt_domain_parses_and_displays() {
+        let setting = AgentSetting::parse(" libvirt:default_vm1 ").unwrap();
+        assert_eq!(
+            setting,
+            AgentSetting::Libvirt(LibvirtDomain::Named("default_vm1".into()))
+        );
+        assert_eq!(setting.to_string(), "libvirt:default_vm1");
+        assert_eq!(
+            AgentSetting::parse("libvirt:"),
+            Ok(AgentSetting::Libvirt(LibvirtDomain::OfManifest))
         );
     }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::AgentSetting;
 use super::manifest::{self, DocumentKind};
 use super::probe_fields::read_probe_field;
 use super::syntax::read_syntax;
@@ -18,6 +17,7 @@ use super::walk::{
     Errors, FieldPath, at_least, describe, document_mapping, in_range, integer, read_bool,
     read_field, set_value, string, unknown_field_message, unknown_fields,
 };
+use super::{AgentSetting, LibvirtUri};
 use super::{
     ChecksOrigin, ConfigErrors, GatewayFile, MAX_OUTPUT_EXCERPT_BYTES, Mode, ProbeKind, ProbeSpec,
 };
@@ -29,7 +29,7 @@ const DOCUMENT_EXPECTED: &str = "a gateway config with readinessProbe and/or liv
 
 /// The fields only a gateway config has: where the gateway listens and reaches the agent.
 /// A gateway config's fields are these and then [`CHECKS_FIELDS`], in that order.
-pub(super) const GATEWAY_OWN_FIELDS: &[&str] = &["listen", "agent"];
+pub(super) const GATEWAY_OWN_FIELDS: &[&str] = &["listen", "agent", "libvirtUri"];
 
 /// The fields a gateway config shares with the manifest annotation: the checks and how they
 /// are reported, but not where the gateway listens or reaches the agent.
@@ -82,7 +82,11 @@ fn read_gateway_config(map: &Map<String, Value>, errors: &mut Errors) -> Gateway
     }
     let listen = read_field(map, &root, "listen", errors, read_listen);
     let agent = read_field(map, &root, "agent", errors, read_agent);
-    read_checks(map, &root, errors).into_file(ChecksOrigin::GatewayConfig, listen, agent)
+    let libvirt_uri = read_field(map, &root, "libvirtUri", errors, read_libvirt_uri);
+    GatewayFile {
+        libvirt_uri,
+        ..read_checks(map, &root, errors).into_file(ChecksOrigin::GatewayConfig, listen, agent)
+    }
 }
 
 /// The check fields as a document gives them (a gateway config, the manifest annotation or a
@@ -110,6 +114,8 @@ impl CheckFields {
             origin,
             listen,
             agent,
+            libvirt_uri: None,
+            vmi_domain: None,
             mode: self.mode,
             min_interval: self.min_interval,
             liveness_grace: self.liveness_grace,
@@ -170,6 +176,10 @@ fn read_listen(value: &Value) -> Result<SocketAddr, String> {
 
 fn read_agent(value: &Value) -> Result<AgentSetting, String> {
     AgentSetting::parse(string(value)?)
+}
+
+fn read_libvirt_uri(value: &Value) -> Result<LibvirtUri, String> {
+    LibvirtUri::parse(string(value)?)
 }
 
 /// `livenessGraceSeconds`: 0 turns the grace off.
@@ -235,6 +245,8 @@ livenessProbe:
             agent: Some(AgentSetting::Address(AgentAddress::Unix(PathBuf::from(
                 "/run/probe-gateway/agent.sock",
             )))),
+            libvirt_uri: None,
+            vmi_domain: None,
             mode: None,
             min_interval: None,
             liveness_grace: Some(Duration::from_secs(600)),
@@ -303,7 +315,7 @@ livenessProbe:
         let error = single_error(&liveness_ping("bogus: 1\n"));
         assert_eq!(
             error,
-            "bogus: unknown field; expected one of listen, agent, mode, minIntervalSeconds, \
+            "bogus: unknown field; expected one of listen, agent, libvirtUri, mode, minIntervalSeconds, \
              livenessGraceSeconds, exposeOutput, outputExcerptBytes, readinessProbe, livenessProbe"
         );
     }

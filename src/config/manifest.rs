@@ -15,7 +15,7 @@ use super::walk::{
     Errors, FieldPath, describe, document_mapping, expect_mapping, set_value,
     unknown_field_message, unknown_fields,
 };
-use super::{ChecksOrigin, GatewayFile, ManifestKind, PROBES_ANNOTATION, ProbeKind};
+use super::{ChecksOrigin, GatewayFile, LibvirtDomain, ManifestKind, PROBES_ANNOTATION, ProbeKind};
 
 /// The API group of KubeVirt's kinds; `apiVersion` is `kubevirt.io/<version>`.
 const KUBEVIRT_GROUP: &str = "kubevirt.io/";
@@ -129,7 +129,18 @@ pub(super) fn read_manifest(
         kind,
         from_annotation: annotation.is_some(),
     };
-    Some(checks.into_file(origin, None, None))
+    Some(GatewayFile {
+        vmi_domain: vmi_domain(map),
+        ..checks.into_file(origin, None, None)
+    })
+}
+
+/// The libvirt domain of the manifest's VMI, `<namespace>_<name>` (a VM's VMI has the VM's
+/// name), when the manifest has both.
+fn vmi_domain(map: &Map<String, Value>) -> Option<String> {
+    let metadata = set_value(map, "metadata")?.as_object()?;
+    let text = |key| set_value(metadata, key).and_then(Value::as_str);
+    Some(LibvirtDomain::of_vmi(text("namespace")?, text("name")?))
 }
 
 /// Reads the annotation's value: a YAML or JSON document held in a string, with the checks
@@ -324,6 +335,8 @@ spec:
                 },
                 listen: None,
                 agent: None,
+                libvirt_uri: None,
+                vmi_domain: None,
                 mode: None,
                 min_interval: None,
                 liveness_grace: None,

@@ -16,6 +16,7 @@
 
 mod agent_setting;
 mod document;
+mod libvirt;
 mod manifest;
 mod probe_fields;
 mod settings;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 pub(crate) use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
 pub(crate) use document::parse_document;
+pub(crate) use libvirt::{LIBVIRT_NOT_BUILT_IN, LibvirtDomain, LibvirtUri};
 pub(crate) use settings::{CheckSettings, Overrides, ResolveError, Role, Settings};
 pub(crate) use vmi::HookedVmi;
 
@@ -181,6 +183,11 @@ pub(crate) struct GatewayFile {
     pub origin: ChecksOrigin,
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentSetting>,
+    /// `libvirtUri`: the daemon the libvirt backend connects to.
+    pub libvirt_uri: Option<LibvirtUri>,
+    /// For a manifest as the config: the libvirt domain KubeVirt gives its VMI
+    /// (`<namespace>_<name>`), which `agent: libvirt:` stands for.
+    pub vmi_domain: Option<String>,
     pub mode: Option<Mode>,
     pub min_interval: Option<Duration>,
     pub liveness_grace: Option<Duration>,
@@ -197,6 +204,8 @@ impl GatewayFile {
             origin: ChecksOrigin::GatewayConfig,
             listen: None,
             agent: None,
+            libvirt_uri: None,
+            vmi_domain: None,
             mode: None,
             min_interval: None,
             liveness_grace: None,

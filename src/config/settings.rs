@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::AgentSetting;
+use super::{AgentSetting, LibvirtDomain, LibvirtUri};
 use super::{
     ConfigError, ConfigErrors, DEFAULT_LISTEN, DEFAULT_LIVENESS_GRACE,
     DEFAULT_OUTPUT_EXCERPT_BYTES, GatewayFile, Mode, ProbeKind, ProbeSpec,
@@ -38,6 +38,8 @@ pub(crate) struct ServerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CheckSettings {
     pub agent: AgentSetting,
+    /// The daemon of a `libvirt:DOMAIN` agent (read only then).
+    pub libvirt_uri: LibvirtUri,
     pub mode: Mode,
     /// On-demand mode: a result younger than this is reused.
     pub min_interval: Duration,
@@ -62,6 +64,7 @@ pub(crate) enum Role {
 pub(crate) struct Overrides {
     pub listen: Option<SocketAddr>,
     pub agent: Option<AgentSetting>,
+    pub libvirt_uri: Option<LibvirtUri>,
     pub shutdown_grace: Option<Duration>,
     /// The agent when neither a flag nor the file names one (in hook mode, the private
     /// channel).
@@ -78,6 +81,16 @@ pub(crate) enum ResolveError {
     /// `vsock://vmi:PORT` outside hook mode: nothing would ever give it a CID.
     #[error("{}", super::VSOCK_OF_VMI_NEEDS_HOOK)]
     VsockOfVmiNeedsHook,
+    /// `libvirt:` alone, with no manifest to name the domain.
+    #[error(
+        "agent: libvirt: without a domain names the domain of the VirtualMachine(Instance) \
+         manifest given as config, which needs metadata.namespace and metadata.name; give \
+         libvirt:DOMAIN (a domain name or UUID) otherwise"
+    )]
+    NoDomainOfManifest,
+    /// `libvirt:DOMAIN` in a binary built without the backend.
+    #[error("agent: {}", super::LIBVIRT_NOT_BUILT_IN)]
+    LibvirtNotBuiltIn,
 }
 
 impl Settings {
@@ -130,8 +143,22 @@ impl CheckSettings {
         if let (AgentSetting::VsockOfVmi { .. }, Role::Standalone) = (&agent, overrides.role) {
             return Err(ResolveError::VsockOfVmiNeedsHook);
         }
+        let agent = match agent {
+            AgentSetting::Libvirt(LibvirtDomain::OfManifest) => AgentSetting::Libvirt(
+                LibvirtDomain::Named(file.vmi_domain.ok_or(ResolveError::NoDomainOfManifest)?),
+            ),
+            agent => agent,
+        };
+        if matches!(agent, AgentSetting::Libvirt(_)) && !cfg!(feature = "libvirt") {
+            return Err(ResolveError::LibvirtNotBuiltIn);
+        }
         Ok(CheckSettings {
             agent,
+            libvirt_uri: overrides
+                .libvirt_uri
+                .clone()
+                .or(file.libvirt_uri)
+                .unwrap_or_default(),
             mode: file.mode.unwrap_or_default(),
             min_interval: file.min_interval.unwrap_or(Duration::ZERO),
             liveness_grace: file.liveness_grace.unwrap_or(DEFAULT_LIVENESS_GRACE),

@@ -100,6 +100,7 @@ mod tests {
     fn with_agent(agent: AgentSetting) -> CheckSettings {
         CheckSettings {
             agent,
+            libvirt_uri: crate::config::LibvirtUri::default(),
             mode: Mode::OnDemand,
             min_interval: Duration::ZERO,
             liveness_grace: Duration::ZERO,

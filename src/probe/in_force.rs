@@ -14,7 +14,9 @@ use tokio::time::Instant;
 
 use super::{BackgroundProbe, LivenessGrace, ProbeReport, ProbeRunner};
 use crate::agent::GuestAgent;
-use crate::config::{CheckSettings, Mode, ProbeKind};
+#[cfg(feature = "libvirt")]
+use crate::config::LibvirtDomain;
+use crate::config::{AgentSetting, CheckSettings, Mode, ProbeKind};
 use crate::metrics::Metrics;
 
 /// Starts the agent client of a new set: [`spawn_agent`] in the gateway, a scripted agent
@@ -185,7 +187,21 @@ impl ProbeSet {
     }
 }
 
-fn spawn_agent(settings: &CheckSettings, metrics: &Arc<Metrics>) -> GuestAgent {
+/// The agent client of `settings`: a stream to the agent, or (in the libvirt binary) libvirt.
+pub(crate) fn spawn_agent(settings: &CheckSettings, metrics: &Arc<Metrics>) -> GuestAgent {
+    #[cfg(feature = "libvirt")]
+    if let AgentSetting::Libvirt(LibvirtDomain::Named(domain)) = &settings.agent {
+        let backend = crate::agent::libvirt::LibvirtBackend::start(
+            settings.libvirt_uri.clone(),
+            domain.clone(),
+            Arc::clone(metrics),
+        );
+        return GuestAgent::over(
+            Arc::new(backend),
+            settings.output_excerpt_bytes,
+            Arc::clone(metrics),
+        );
+    }
     GuestAgent::spawn(
         settings.agent.clone(),
         settings.output_excerpt_bytes,
@@ -193,9 +209,12 @@ fn spawn_agent(settings: &CheckSettings, metrics: &Arc<Metrics>) -> GuestAgent {
     )
 }
 
-/// Two settings that one agent client serves: the same address, the same excerpt size.
+/// Two settings that one agent client serves: the same address (and for libvirt the same
+/// daemon), the same excerpt size.
 fn same_agent(a: &CheckSettings, b: &CheckSettings) -> bool {
-    a.agent == b.agent && a.output_excerpt_bytes == b.output_excerpt_bytes
+    let same_daemon =
+        !matches!(a.agent, AgentSetting::Libvirt(_)) || a.libvirt_uri == b.libvirt_uri;
+    a.agent == b.agent && same_daemon && a.output_excerpt_bytes == b.output_excerpt_bytes
 }
 
 /// What [`InForce::put`] did.
@@ -359,6 +378,7 @@ mod tests {
     fn settings(agent: &str) -> CheckSettings {
         CheckSettings {
             agent: AgentAddress::Unix(PathBuf::from("/agents").join(agent)).into(),
+            libvirt_uri: crate::config::LibvirtUri::default(),
             mode: Mode::OnDemand,
             min_interval: Duration::ZERO,
             liveness_grace: Duration::ZERO,

@@ -4,6 +4,7 @@
 //! output is made from. Nothing here speaks HTTP.
 
 mod background;
+mod domain_rules;
 mod handlers;
 mod in_force;
 mod report;
@@ -12,7 +13,7 @@ mod runner;
 mod scripted_agent;
 
 pub(crate) use background::BackgroundProbe;
-pub(crate) use in_force::{InForce, SwapOutcome};
+pub(crate) use in_force::{InForce, SwapOutcome, spawn_agent};
 #[cfg(test)]
 pub(crate) use report::ExecDetails;
 pub(crate) use report::{CheckResult, ProbeReport};

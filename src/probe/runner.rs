@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::domain_rules::{self, Verdict};
 use super::handlers::{self, Outcome};
 use super::report::{CheckResult, ProbeReport};
 use crate::agent::GuestAgent;
@@ -185,7 +186,7 @@ impl ProbeRunner {
                 handlers::exec(&self.agent, self.kind, command, self.spec.timeout, deadline).await
             }
         };
-        let outcome = self.apply_grace(outcome);
+        let outcome = self.apply_grace(self.apply_domain_state(outcome));
         let report = ProbeReport {
             probe: self.kind,
             handler: self.handler(),
@@ -205,6 +206,33 @@ impl ProbeRunner {
             report.duration.as_secs_f64(),
         );
         report
+    }
+
+    /// Judges a check that did not reach the agent by the domain's state, where the backend
+    /// knows it ([`domain_rules`]).
+    fn apply_domain_state(&self, outcome: Outcome) -> Outcome {
+        if !matches!(outcome.result, CheckResult::Error | CheckResult::Timeout) {
+            return outcome;
+        }
+        let Some(state) = self.agent.domain_state() else {
+            return outcome;
+        };
+        let checked = outcome.reason.as_deref().unwrap_or("no answer");
+        match domain_rules::judge(self.kind, &state) {
+            Verdict::AsChecked => outcome,
+            Verdict::Pass(why) => Outcome {
+                result: CheckResult::Success,
+                reason: Some(format!(
+                    "{why}; the check did not reach the agent: {checked}"
+                )),
+                exec: None,
+            },
+            Verdict::Fail(why) => Outcome {
+                result: CheckResult::Failure,
+                reason: Some(why),
+                exec: None,
+            },
+        }
     }
 
     /// Turns a liveness failure to reach an agent that never answered into a pass, within

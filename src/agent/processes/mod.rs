@@ -253,8 +253,34 @@ impl Keeper {
             }
             LateReply::NotSent => None,
             LateReply::Unanswered => {
-                tracing::warn!(%probe, "a timed-out guest-exec never answered; if it started a process, the gateway cannot track it");
+                tracing::warn!(%probe, "a timed-out guest-exec never answered; if it started a process, the gateway cannot track it, and starts no other for this probe until the agent answers again");
+                self.until_the_agent_answers().await;
                 None
+            }
+        }
+    }
+
+    /// Waits until the agent answers a `guest-ping` (or the connection closes). The agent
+    /// handles commands in order, so by then a lost `guest-exec` has started its process or
+    /// failed: without this, each probe of an agent that stays away would queue one more
+    /// `guest-exec`, and all of their processes would start together when it came back.
+    async fn until_the_agent_answers(&self) {
+        let mut backoff = Backoff::doubling(ORPHAN_POLL_FIRST, ORPHAN_POLL_MAX);
+        loop {
+            let ping = self.processes.backend.call(Call {
+                command: Command::Ping,
+                deadline: Instant::now() + ORPHAN_POLL_TIMEOUT,
+                late: None,
+            });
+            tokio::select! {
+                answer = ping => if answer.is_ok() {
+                    return;
+                },
+                () = self.closing() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_wait()) => {}
+                () = self.closing() => return,
             }
         }
     }

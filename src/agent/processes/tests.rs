@@ -126,6 +126,22 @@ impl Harness {
         sent
     }
 
+    /// The agent is away for one ping, during which the readiness probe may not start a
+    /// process, and answers the next.
+    async fn agent_answers_a_ping_at_the_second_try(&mut self) {
+        let ping = self.next().await;
+        assert_eq!(ping.call.command, Command::Ping);
+        let held = self.run(ProbeKind::Readiness, SECOND).await.unwrap();
+        assert_eq!(held, Err(AgentError::PreviousStillRunning { pid: None }));
+        ping.fail(AgentError::Timeout { agent_silent: true });
+        let ping = self.next().await;
+        assert_eq!(ping.call.command, Command::Ping);
+        ping.answer(json!({}));
+        while self.orphans() != 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// `owner`'s probe starts a process again (pid `pid`), which exits at once.
     async fn starts_again(&mut self, owner: ProbeKind, pid: i64) {
         let next = self.run(owner, SECOND);
@@ -280,11 +296,15 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
     h.starts_again(ProbeKind::Readiness, 43).await;
 }
 
+/// A `guest-exec` lost for good may still start its process when the agent comes back; one
+/// sent on every probe meanwhile would start with it. So the probe is held until the agent
+/// answers a ping (it handles commands in order: the lost one is behind it by then).
 #[tokio::test(start_paused = true)]
-async fn a_guest_exec_that_never_answers_frees_its_probe_once_the_backend_says_so() {
+async fn a_guest_exec_that_never_answers_holds_its_probe_until_the_agent_answers_a_ping() {
     let (mut h, run, exec) = unanswered_exec(LateReplies::Delivered).await;
     assert!(run.await.unwrap().is_err());
     let _ = exec.call.late.unwrap().send(LateReply::Unanswered);
+    h.agent_answers_a_ping_at_the_second_try().await;
     h.starts_again(ProbeKind::Readiness, 5).await;
 }
 
@@ -331,6 +351,7 @@ async fn where_late_replies_are_dropped_a_lost_guest_exec_cannot_be_tracked() {
         "no late sink where none can be served"
     );
     assert!(run.await.unwrap().is_err());
+    h.agent_answers_a_ping_at_the_second_try().await;
     h.starts_again(ProbeKind::Readiness, 5).await;
 }
 

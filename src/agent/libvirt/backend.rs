@@ -1,0 +1,387 @@
+//! [`LibvirtBackend`]: commands to the domain's agent through libvirt, each on a worker
+//! thread and bounded by its caller's deadline, and the domain's state learnt after a
+//! command fails (a command that succeeds means the domain runs, so a passing probe costs
+//! one libvirt call).
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+use super::classify::{Fault, classify, connection_lost};
+use super::connection::{Connection, Unreachable};
+use super::pool::{Job, Pool, WORKERS};
+use crate::agent::backend::{
+    AgentBackend, Call, CallFuture, CallResult, CloseFuture, LateReplies, LateReply, LinkStatus,
+};
+use crate::agent::protocol::{self, Command};
+use crate::agent::{AgentError, DomainState, PauseReason};
+use crate::config::LibvirtUri;
+use crate::metrics::Metrics;
+
+/// How much longer than its caller libvirt is told to wait for a `guest-exec` reply: the
+/// reply carries the pid of a process that runs whether or not anyone waits, so a reply
+/// within this window is still handed to the guest-process owner ([`Call::late`]).
+const EXEC_REPLY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The libvirt backend of one domain.
+pub(crate) struct LibvirtBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connection: Arc<Connection>,
+    pool: Arc<Pool>,
+    has_answered: AtomicBool,
+    state: Mutex<Option<DomainState>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A job's progress, so that a caller that gives up on a queued job keeps it from being
+/// sent, and knows whether it was.
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const ABANDONED: u8 = 2;
+
+struct AgentJob {
+    shared: Arc<Shared>,
+    command: Command,
+    deadline: Instant,
+    late: Option<oneshot::Sender<LateReply>>,
+    reply: oneshot::Sender<CallResult>,
+    progress: Arc<AtomicU8>,
+}
+
+impl Job for AgentJob {
+    fn run(self: Box<Self>) {
+        let AgentJob {
+            shared,
+            command,
+            deadline,
+            late,
+            reply,
+            progress,
+        } = *self;
+        let sent = progress.compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire);
+        if sent.is_err() || reply.is_closed() {
+            if let Some(late) = late {
+                let _ = late.send(LateReply::NotSent);
+            }
+            return;
+        }
+        let result = shared.command(&command, deadline);
+        if let Err(result) = reply.send(result)
+            && let Some(late) = late
+        {
+            // libvirt gave up on it too: sent, and whether it ran is unknown.
+            let late_reply = match result {
+                Err(AgentError::Timeout { .. } | AgentError::Unavailable(_)) => {
+                    LateReply::Unanswered
+                }
+                result => LateReply::Answered(result),
+            };
+            let _ = late.send(late_reply);
+        }
+    }
+
+    fn refuse(self: Box<Self>, why: &str) {
+        let _ = self
+            .reply
+            .send(Err(AgentError::Unavailable(why.to_string())));
+        if let Some(late) = self.late {
+            let _ = late.send(LateReply::NotSent);
+        }
+    }
+}
+
+impl LibvirtBackend {
+    /// Starts the connection to `uri` for `domain`, and the workers.
+    pub(crate) fn start(uri: LibvirtUri, domain: String, metrics: Arc<Metrics>) -> LibvirtBackend {
+        LibvirtBackend {
+            shared: Arc::new(Shared {
+                connection: Connection::start(uri, domain),
+                pool: Pool::start(),
+                has_answered: AtomicBool::new(false),
+                state: Mutex::new(None),
+                metrics,
+            }),
+        }
+    }
+}
+
+impl AgentBackend for LibvirtBackend {
+    fn call(&self, call: Call) -> CallFuture {
+        let Call {
+            command,
+            deadline,
+            late,
+        } = call;
+        let (reply, replied) = oneshot::channel();
+        let progress = Arc::new(AtomicU8::new(QUEUED));
+        self.shared.pool.submit(Box::new(AgentJob {
+            shared: Arc::clone(&self.shared),
+            command,
+            deadline,
+            late,
+            reply,
+            progress: Arc::clone(&progress),
+        }));
+        Box::pin(async move {
+            match timeout_at(deadline, replied).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(AgentError::Unavailable(
+                    "the libvirt worker ended without a reply".into(),
+                )),
+                Err(_) => {
+                    let abandoned = progress
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                    if abandoned {
+                        Err(AgentError::Unavailable(format!(
+                            "not sent: all {WORKERS} libvirt worker threads are held by calls \
+                             libvirt has not returned"
+                        )))
+                    } else {
+                        Err(AgentError::Timeout {
+                            agent_silent: false,
+                        })
+                    }
+                }
+            }
+        })
+    }
+
+    /// Delivered while libvirt still waits for the reply (its timeout runs past the
+    /// caller's deadline by [`EXEC_REPLY_WINDOW`] for `guest-exec`); what libvirt itself
+    /// gives up on is [`LateReply::Unanswered`].
+    fn late_replies(&self) -> LateReplies {
+        LateReplies::Delivered
+    }
+
+    fn status(&self) -> LinkStatus {
+        LinkStatus {
+            state: self.shared.connection.link_state(),
+            has_answered: self.shared.has_answered.load(Ordering::Acquire),
+        }
+    }
+
+    fn domain_state(&self) -> Option<DomainState> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn close(&self) -> CloseFuture<'_> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            shared.pool.close();
+            // virConnectClose may talk to the daemon: not on the runtime's thread.
+            let closing = tokio::task::spawn_blocking(move || shared.connection.close());
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        })
+    }
+}
+
+impl Drop for LibvirtBackend {
+    fn drop(&mut self) {
+        self.shared.pool.close();
+        self.shared.connection.close();
+    }
+}
+
+impl Shared {
+    /// Runs `command` on this (worker) thread.
+    fn command(&self, command: &Command, deadline: Instant) -> CallResult {
+        let name = command.name();
+        let domain = match self.connection.handles() {
+            Ok((_, domain)) => domain,
+            Err(Unreachable::Daemon(reason)) => {
+                // Without the daemon the state is not known: the probes say why instead.
+                self.forget_state();
+                return Err(AgentError::Unavailable(reason));
+            }
+            Err(Unreachable::Lookup(error)) => {
+                let error = self.failed(&error, name);
+                if matches!(error, AgentError::NoDomain(_)) {
+                    self.learn(DomainState::NoDomain);
+                }
+                return Err(error);
+            }
+        };
+        let mut wait = deadline.saturating_duration_since(Instant::now());
+        if matches!(command, Command::Exec { .. }) {
+            wait += EXEC_REPLY_WINDOW;
+        }
+        // libvirt takes whole seconds; at least one (0 would mean "do not wait").
+        let seconds = i32::try_from(wait.as_millis().div_ceil(1000).max(1)).unwrap_or(i32::MAX);
+        match domain.qemu_agent_command(&command.request_text(), seconds, 0) {
+            Ok(text) => {
+                self.answered();
+                match protocol::parse_reply(text.as_bytes()) {
+                    Ok(reply) => reply
+                        .outcome
+                        .map_err(|error| AgentError::from_reply(name, error)),
+                    Err(unparsable) => Err(AgentError::Protocol(unparsable.0)),
+                }
+            }
+            Err(error) => {
+                let error = self.failed(&error, name);
+                match &error {
+                    AgentError::NoDomain(_) => {
+                        self.connection.forget_domain();
+                        self.learn(DomainState::NoDomain);
+                    }
+                    AgentError::Unavailable(_)
+                    | AgentError::Timeout { .. }
+                    | AgentError::DomainNotRunning(_) => self.learn_state(&domain),
+                    // The agent's own error reply: it answered, the domain runs.
+                    _ => self.answered(),
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Classifies a libvirt error, tells the keeper when it means a lost connection, and
+    /// logs it (libvirt's own printing is off).
+    fn failed(&self, error: &virt::error::Error, command: &'static str) -> AgentError {
+        let fault = fault_of(error);
+        let message = error.message();
+        tracing::debug!(domain = self.connection.domain_name(), command, code = ?error.code(), message, "libvirt call failed");
+        if fault == Fault::Connection || connection_lost(message) {
+            self.connection.suspect();
+        }
+        classify(fault, message, command)
+    }
+
+    fn answered(&self) {
+        self.has_answered.store(true, Ordering::Release);
+        self.learn(DomainState::Running);
+    }
+
+    /// Asks libvirt for the domain's state (and, running, whether a migration job runs).
+    fn learn_state(&self, domain: &Domain) {
+        let state = match domain.state() {
+            Ok((virt::enumutil::Enum::Known(state), reason)) => state_of(state, reason, domain),
+            Ok((_, _)) => DomainState::Unreadable("libvirt gave no state".into()),
+            Err(error) => DomainState::Unreadable(error.message().to_string()),
+        };
+        self.learn(state);
+    }
+
+    fn forget_state(&self) {
+        let mut last = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.take().is_some() {
+            self.metrics.record_domain_state("unknown");
+        }
+    }
+
+    /// Records `state`: the metric, and one log line per change.
+    fn learn(&self, state: DomainState) {
+        let mut last = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.as_ref() == Some(&state) {
+            return;
+        }
+        tracing::info!(domain = self.connection.domain_name(), state = %state, "domain state");
+        self.metrics.record_domain_state(state.label());
+        *last = Some(state);
+    }
+}
+
+fn state_of(
+    state: virt::domain::DomainState,
+    reason: virt::domain::DomainStateReasonEnum,
+    domain: &Domain,
+) -> DomainState {
+    use virt::domain::{DomainState as S, DomainStateReason as R};
+    use virt::enumutil::Enum::Known;
+    let reason_text = match &reason {
+        Known(reason) => reason.to_string(),
+        _ => "unknown".to_string(),
+    };
+    match state {
+        S::Running | S::Blocked | S::NoState => {
+            if migrating(domain) {
+                DomainState::Migrating
+            } else {
+                DomainState::Running
+            }
+        }
+        S::Paused => DomainState::Paused(match reason {
+            Known(R::Paused(Known(reason))) => pause_reason(reason),
+            _ => PauseReason::Unknown,
+        }),
+        S::Shutdown => DomainState::ShuttingDown,
+        S::Shutoff => match reason {
+            Known(R::Shutoff(Known(virt::domain::DomainShutoffReason::Crashed))) => {
+                DomainState::Crashed(reason_text)
+            }
+            _ => DomainState::ShutOff(reason_text),
+        },
+        S::Crashed => DomainState::Crashed(reason_text),
+        S::PMSuspended => DomainState::PmSuspended,
+    }
+}
+
+fn pause_reason(reason: virt::domain::DomainPausedReason) -> PauseReason {
+    use virt::domain::DomainPausedReason as P;
+    match reason {
+        P::User => PauseReason::User,
+        P::Migration => PauseReason::Migration,
+        P::Save => PauseReason::Save,
+        P::Dump => PauseReason::Dump,
+        P::IOError => PauseReason::IoError,
+        P::Watchdog => PauseReason::Watchdog,
+        P::FromSnapshot => PauseReason::FromSnapshot,
+        P::ShuttingDown => PauseReason::ShuttingDown,
+        P::Snapshot => PauseReason::Snapshot,
+        P::Crashed => PauseReason::Crashed,
+        P::StartingUp => PauseReason::StartingUp,
+        P::PostCopy => PauseReason::PostCopy,
+        P::PostCopyFailed => PauseReason::PostCopyFailed,
+        P::APIError => PauseReason::ApiError,
+        P::Unknown => PauseReason::Unknown,
+    }
+}
+
+/// Whether the domain has a migration job (KubeVirt's `isMigrating` reads the same).
+fn migrating(domain: &Domain) -> bool {
+    let Ok(job) = domain.job_stats(0) else {
+        return false;
+    };
+    let migration = [
+        sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
+        sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
+    ];
+    job.r#type != sys::VIR_DOMAIN_JOB_NONE as i32
+        && job
+            .operation
+            .is_some_and(|operation| migration.iter().any(|m| *m as i32 == operation))
+}
+
+fn fault_of(error: &virt::error::Error) -> Fault {
+    use virt::enumutil::Enum::Known;
+    match error.code() {
+        Known(ErrorNumber::NoDomain) => Fault::NoDomain,
+        Known(ErrorNumber::OperationInvalid) => Fault::OperationInvalid,
+        Known(ErrorNumber::AgentUnresponsive) => Fault::AgentUnresponsive,
+        Known(ErrorNumber::AgentCommandTimeout) => Fault::AgentCommandTimeout,
+        Known(ErrorNumber::AgentUnsynced) => Fault::AgentUnsynced,
+        Known(ErrorNumber::OperationTimeout) => Fault::OperationTimeout,
+        Known(ErrorNumber::InternalError) => Fault::InternalError,
+        Known(
+            ErrorNumber::SystemError
+            | ErrorNumber::Rpc
+            | ErrorNumber::NoConnect
+            | ErrorNumber::InvalidConn,
+        ) => Fault::Connection,
+        _ => Fault::Other,
+    }
+}
