@@ -42,6 +42,13 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// Whether a command reached libvirt's agent command (and so, perhaps, the agent).
+#[derive(Clone, Copy)]
+enum Sent {
+    Yes,
+    No,
+}
+
 /// A job's progress, so that a caller that gives up on a queued job keeps it from being
 /// sent, and knows whether it was.
 const QUEUED: u8 = 0;
@@ -74,17 +81,19 @@ impl Job for AgentJob {
             }
             return;
         }
-        let result = shared.command(&command, deadline);
-        if let Err(result) = reply.send(result)
-            && let Some(late) = late
-        {
+        let (result, sent) = shared.command(&command, deadline);
+        let late_reply = match (&result, sent) {
+            (_, Sent::No) => LateReply::NotSent,
             // libvirt gave up on it too: sent, and whether it ran is unknown.
-            let late_reply = match result {
-                Err(AgentError::Timeout { .. } | AgentError::Unavailable(_)) => {
-                    LateReply::Unanswered
-                }
-                result => LateReply::Answered(result),
-            };
+            (Err(AgentError::Timeout { .. } | AgentError::Unavailable(_)), Sent::Yes) => {
+                LateReply::Unanswered
+            }
+            (result, Sent::Yes) => LateReply::Answered(result.clone()),
+        };
+        let unwaited = reply.send(result).is_err();
+        if let Some(late) = late
+            && (unwaited || late_reply == LateReply::NotSent)
+        {
             let _ = late.send(late_reply);
         }
     }
@@ -197,24 +206,35 @@ impl Drop for LibvirtBackend {
 }
 
 impl Shared {
-    /// Runs `command` on this (worker) thread.
-    fn command(&self, command: &Command, deadline: Instant) -> CallResult {
-        let name = command.name();
-        let domain = match self.connection.handles() {
-            Ok((_, domain)) => domain,
+    /// Runs `command` on this (worker) thread; whether it reached libvirt's agent command.
+    fn command(&self, command: &Command, deadline: Instant) -> (CallResult, Sent) {
+        match self.handles() {
+            Ok(domain) => (self.agent_command(&domain, command, deadline), Sent::Yes),
+            Err(error) => (Err(error), Sent::No),
+        }
+    }
+
+    /// The domain's handle, or why there is none (nothing was sent).
+    fn handles(&self) -> Result<Domain, AgentError> {
+        match self.connection.handles() {
+            Ok((_, domain)) => Ok(domain),
             Err(Unreachable::Daemon(reason)) => {
                 // Without the daemon the state is not known: the probes say why instead.
                 self.forget_state();
-                return Err(AgentError::Unavailable(reason));
+                Err(AgentError::Unavailable(reason))
             }
             Err(Unreachable::Lookup(error)) => {
-                let error = self.failed(&error, name);
+                let error = self.failed(&error, "lookup");
                 if matches!(error, AgentError::NoDomain(_)) {
                     self.learn(DomainState::NoDomain);
                 }
-                return Err(error);
+                Err(error)
             }
-        };
+        }
+    }
+
+    fn agent_command(&self, domain: &Domain, command: &Command, deadline: Instant) -> CallResult {
+        let name = command.name();
         let mut wait = deadline.saturating_duration_since(Instant::now());
         if matches!(command, Command::Exec { .. }) {
             wait += EXEC_REPLY_WINDOW;
@@ -240,7 +260,7 @@ impl Shared {
                     }
                     AgentError::Unavailable(_)
                     | AgentError::Timeout { .. }
-                    | AgentError::DomainNotRunning(_) => self.learn_state(&domain),
+                    | AgentError::DomainNotRunning(_) => self.learn_state(domain),
                     // The agent's own error reply: it answered, the domain runs.
                     _ => self.answered(),
                 }
