@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/test.sh. Sourced, not run.
+# Shared by scripts/demo.sh, scripts/test.sh and scripts/bench.sh. Sourced, not run.
 
 # Installs Debian's qemu-guest-agent when qemu-ga is missing (root, or sudo without a
 # password). The tests and the demo need a real agent; without one they fail loudly.
@@ -48,6 +48,22 @@ ensure_qemu_system() {
   echo "qemu-system-x86_64 not found: installing Debian's qemu-system-x86" >&2
   apt_install qemu-system-x86 ||
     echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
+}
+
+# Installs Debian's libvirt when any part is missing: the daemon and its QEMU driver (the
+# libvirt tests and demo start a session daemon of their own), virsh, and libvirt-dev
+# with pkg-config (the `virt` crate's build script finds libvirt and libvirt-qemu through
+# pkg-config, so `--features libvirt` cannot build without them). libvirt-dev brings
+# libvirt0, which the libvirt binary loads at run time.
+ensure_libvirt() {
+  command -v virsh >/dev/null &&
+    { command -v libvirtd >/dev/null || [ -x /usr/sbin/libvirtd ]; } &&
+    pkg-config --exists libvirt libvirt-qemu 2>/dev/null && return 0
+  echo "libvirt not found: installing Debian's libvirt-daemon, libvirt-daemon-driver-qemu, libvirt-clients and libvirt-dev" >&2
+  apt_install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config || {
+    echo "error: libvirt is not installed and this user cannot install it; run: apt-get install libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config" >&2
+    return 1
+  }
 }
 
 # The cargo-deny that scripts/test.sh runs, pinned: a new release may add checks that fail

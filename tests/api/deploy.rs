@@ -99,22 +99,81 @@ fn hook_sidecar_manifests_follow_the_deployment_rules() {
     assert!(hooked >= 1, "deploy/ has a hook-sidecar manifest");
 }
 
-/// The image is not built here (no Docker engine): its build step must be the command
+/// The release builds, in the order the Dockerfile and scripts/test.sh run them: the
+/// default binary, then the same main with the libvirt backend in a target dir of its own.
+const RELEASE_BUILDS: [&str; 2] = [
+    "cargo build --release --locked",
+    "cargo build --release --locked --features libvirt --target-dir target/libvirt",
+];
+
+/// The commands of the Dockerfile's RUN instructions: continuation lines joined, each
+/// `&&`-separated command trimmed.
+fn dockerfile_run_commands(dockerfile: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("RUN "))
+        .flat_map(|run| run.split("&&"))
+        .map(|command| command.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// The image is not built here (no Docker engine): its build steps must be the commands
 /// CI runs, so that what CI builds and tests is what the image holds.
 #[test]
-fn the_dockerfile_builds_with_the_command_ci_runs() {
-    const BUILD: &str = "cargo build --release --locked";
+fn the_dockerfile_builds_with_the_commands_ci_runs() {
     let dockerfile = std::fs::read_to_string(repo().join("docker/Dockerfile")).expect("Dockerfile");
-    assert!(
-        dockerfile
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("RUN {BUILD}"))),
-        "docker/Dockerfile must RUN {BUILD}"
-    );
+    let run = dockerfile_run_commands(&dockerfile);
+    let builds: Vec<&str> = run
+        .iter()
+        .map(String::as_str)
+        .filter(|command| command.starts_with("cargo build"))
+        .collect();
+    assert_eq!(builds, RELEASE_BUILDS, "docker/Dockerfile's cargo builds");
     let test_sh = std::fs::read_to_string(repo().join("scripts/test.sh")).expect("test.sh");
+    let release_builds: Vec<&str> = test_sh
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("cargo build --release"))
+        .filter(|line| !line.contains("--manifest-path"))
+        .collect();
+    assert_eq!(
+        release_builds, RELEASE_BUILDS,
+        "scripts/test.sh's release builds of the gateway (the benchmark's are apart)"
+    );
+}
+
+/// Both binaries reach the image from the builds above, under their own names, and the
+/// libvirt one's libraries come with them; the default entry point stays the default
+/// binary.
+#[test]
+fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
+    let dockerfile = std::fs::read_to_string(repo().join("docker/Dockerfile")).expect("Dockerfile");
+    let run = dockerfile_run_commands(&dockerfile);
+    for command in [
+        "install -D -m 0755 target/release/virt-probe-gateway /out/virt-probe-gateway",
+        "install -D -m 0755 target/libvirt/release/virt-probe-gateway /out/virt-probe-gateway-libvirt",
+        "sh docker/copy-closure.sh /out/virt-probe-gateway-libvirt /out/root",
+    ] {
+        assert!(
+            run.iter().any(|c| c == command),
+            "docker/Dockerfile must RUN {command}"
+        );
+    }
+    for copy in [
+        "COPY --from=build /out/root/ /",
+        "COPY --from=build /out/virt-probe-gateway /usr/local/bin/virt-probe-gateway",
+        "COPY --from=build /out/virt-probe-gateway-libvirt /usr/local/bin/virt-probe-gateway-libvirt",
+    ] {
+        assert!(
+            dockerfile.lines().any(|l| l.trim() == copy),
+            "docker/Dockerfile must {copy}"
+        );
+    }
     assert!(
-        test_sh.lines().any(|l| l.trim() == BUILD),
-        "scripts/test.sh must run {BUILD}"
+        run.iter()
+            .any(|c| c.starts_with("apt-get install") && c.contains(" libvirt-dev")),
+        "the build stage installs libvirt-dev (the virt crate's build and libvirt0)"
     );
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/virt-probe-gateway\"]"));
     assert!(dockerfile.contains("CMD [\"serve\"]"));

@@ -22,6 +22,7 @@ mod faults;
 mod http_api;
 mod kubevirt_hook;
 mod lifecycle;
+mod linkage;
 mod modes;
 mod real_agent;
 mod reload;
