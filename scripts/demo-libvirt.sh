@@ -44,12 +44,13 @@ gateway_pid=""
 cleanup() {
   trap - EXIT INT TERM
   if [ -n "$gateway_pid" ]; then kill -TERM "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
-  # QEMU outlives a killed daemon: ask the daemon first, then end QEMU by its pid file.
+  # QEMU and virtlogd outlive the daemon: each is ended by its pid file.
+  local qemu_pid logd_pid
+  qemu_pid="$(cat "$dir/run/libvirt/qemu/run/$domain.pid" 2>/dev/null || true)"
+  logd_pid="$(cat "$dir/run/libvirt/virtlogd.pid" 2>/dev/null || true)"
   as_user virsh -q -c "$uri" destroy "$domain" >/dev/null 2>&1 || true
-  local qemu_pid
-  qemu_pid="$(cat "$dir/config/libvirt/qemu/run/$domain.pid" 2>/dev/null || true)"
   if [ -n "$daemon_pid" ]; then kill -TERM "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
-  if [ -n "$qemu_pid" ]; then kill -KILL "$qemu_pid" 2>/dev/null || true; fi
+  for pid in $qemu_pid $logd_pid; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -100,7 +101,8 @@ chown "$user:" "$dir/gateway.yaml"
 as_user "$dir/virt-probe-gateway-libvirt" serve --config "$dir/gateway.yaml" &
 gateway_pid=$!
 for _ in $(seq 1 600); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$port/live" 2>/dev/null && break
+  # Passing, and not only under the liveness grace: the guest's agent has answered.
+  curl -fsS -H 'Accept: application/json' "http://127.0.0.1:$port/live" 2>/dev/null | grep -qv grace && break
   kill -0 "$gateway_pid" 2>/dev/null || { echo "error: the gateway exited at start (is port $port free? set DEMO_PORT)" >&2; exit 1; }
   sleep 0.1
 done

@@ -90,9 +90,16 @@ impl Job for AgentJob {
             }
             (result, Sent::Yes) => LateReply::Answered(result.clone()),
         };
-        let unwaited = reply.send(result).is_err();
-        if let Some(late) = late
-            && (unwaited || late_reply == LateReply::NotSent)
+        // "Not sent" goes to the late sink first, so the caller knows it with the reply.
+        let late = match late {
+            Some(late) if late_reply == LateReply::NotSent => {
+                let _ = late.send(LateReply::NotSent);
+                None
+            }
+            late => late,
+        };
+        if reply.send(result).is_err()
+            && let Some(late) = late
         {
             let _ = late.send(late_reply);
         }
@@ -209,7 +216,25 @@ impl Shared {
     /// Runs `command` on this (worker) thread; whether it reached libvirt's agent command.
     fn command(&self, command: &Command, deadline: Instant) -> (CallResult, Sent) {
         match self.handles() {
-            Ok(domain) => (self.agent_command(&domain, command, deadline), Sent::Yes),
+            Ok(domain) => {
+                let result = self.agent_command(&domain, command, deadline);
+                // libvirt refuses most commands before sending them (domain not running,
+                // agent not connected or not resynced yet, its agent job held); only a
+                // timeout, or a connection lost during the call, leaves the fate unknown.
+                let sent = match &result {
+                    Err(AgentError::Timeout { .. }) => Sent::Yes,
+                    Err(AgentError::Unavailable(reason)) if reason.contains("connection lost") => {
+                        Sent::Yes
+                    }
+                    Err(
+                        AgentError::Unavailable(_)
+                        | AgentError::DomainNotRunning(_)
+                        | AgentError::NoDomain(_),
+                    ) => Sent::No,
+                    _ => Sent::Yes,
+                };
+                (result, sent)
+            }
             Err(error) => (Err(error), Sent::No),
         }
     }
