@@ -215,7 +215,7 @@ impl Drop for LibvirtBackend {
 impl Shared {
     /// Runs `command` on this (worker) thread; whether it reached libvirt's agent command.
     fn command(&self, command: &Command, deadline: Instant) -> (CallResult, Sent) {
-        match self.handles() {
+        match self.handles(deadline) {
             Ok(domain) => {
                 let result = self.agent_command(&domain, command, deadline);
                 // libvirt refuses most commands before sending them (domain not running,
@@ -240,8 +240,8 @@ impl Shared {
     }
 
     /// The domain's handle, or why there is none (nothing was sent).
-    fn handles(&self) -> Result<Domain, AgentError> {
-        match self.connection.handles() {
+    fn handles(&self, deadline: Instant) -> Result<Domain, AgentError> {
+        match self.connection.handles(deadline.into_std()) {
             Ok((_, domain)) => Ok(domain),
             Err(Unreachable::Daemon(reason)) => {
                 // Without the daemon the state is not known: the probes say why instead.

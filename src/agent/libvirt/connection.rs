@@ -9,7 +9,7 @@
 //! at `virConnectIsAlive` every [`WATCH`] and whenever a worker reports an error.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -26,6 +26,9 @@ const KEEPALIVE_INTERVAL: i32 = 2;
 const KEEPALIVE_COUNT: u32 = 3;
 
 enum Slot {
+    /// The first attempt is under way: a call waits for it (by its deadline), so that a
+    /// one-off `check` does not fail for having asked first.
+    Connecting,
     /// Not connected, and why (the last failure).
     Down(String),
     Up {
@@ -79,7 +82,7 @@ impl Connection {
         let connection = Arc::new(Connection {
             uri,
             domain,
-            slot: Mutex::new(Slot::Down("connecting to libvirt".into())),
+            slot: Mutex::new(Slot::Connecting),
             changed: Condvar::new(),
         });
         let keeper = Arc::clone(&connection);
@@ -106,6 +109,7 @@ impl Connection {
     pub(super) fn link_state(&self) -> LinkState {
         match &*self.lock() {
             Slot::Up { .. } => LinkState::Ready,
+            Slot::Connecting => LinkState::Disconnected("connecting to libvirt".into()),
             Slot::Down(reason) => LinkState::Disconnected(reason.clone()),
             Slot::Closed => LinkState::Disconnected("the libvirt connection is closed".into()),
         }
@@ -113,20 +117,39 @@ impl Connection {
 
     /// The connection and the domain's handle, looked up if not known yet; `Err` names why
     /// there is none: no connection (its reason), or libvirt's lookup error.
-    pub(super) fn handles(&self) -> Result<(Connect, Domain), Unreachable> {
-        let connect = match &*self.lock() {
+    pub(super) fn handles(&self, deadline: Instant) -> Result<(Connect, Domain), Unreachable> {
+        let mut slot = self.lock();
+        while matches!(*slot, Slot::Connecting) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Unreachable::Daemon("connecting to libvirt".into()));
+            }
+            slot = self
+                .changed
+                .wait_timeout(slot, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let connect = match &*slot {
             Slot::Up {
                 connect,
                 domain: Some(domain),
             } => return Ok((connect.clone(), domain.clone())),
             Slot::Up { connect, .. } => connect.clone(),
-            Slot::Down(reason) => return Err(Unreachable::Daemon(reason.clone())),
+            Slot::Connecting | Slot::Down(_) => {
+                let reason = match &*slot {
+                    Slot::Down(reason) => reason.clone(),
+                    _ => "connecting to libvirt".into(),
+                };
+                return Err(Unreachable::Daemon(reason));
+            }
             Slot::Closed => {
                 return Err(Unreachable::Daemon(
                     "the libvirt connection is closed".into(),
                 ));
             }
         };
+        drop(slot);
         let found = if is_uuid(&self.domain) {
             connect.lookup_domain_by_uuid_string(&self.domain)
         } else {
@@ -184,8 +207,11 @@ impl Connection {
                         drop(connect);
                     }
                 }
-                Slot::Down(previous) => {
-                    let previous = previous.clone();
+                Slot::Connecting | Slot::Down(_) => {
+                    let previous = match &*slot {
+                        Slot::Down(previous) => previous.clone(),
+                        _ => String::new(),
+                    };
                     drop(slot);
                     let opened = self.open();
                     let mut slot = self.lock();
@@ -202,12 +228,14 @@ impl Connection {
                                 connect,
                                 domain: None,
                             };
+                            self.changed.notify_all();
                         }
                         Err(reason) => {
                             if reason != previous {
                                 tracing::warn!(uri = %self.uri, %reason, "cannot connect to libvirt; retrying");
                             }
                             *slot = Slot::Down(reason);
+                            self.changed.notify_all();
                             let _ = self
                                 .changed
                                 .wait_timeout(slot, backoff.next_wait())
