@@ -11,8 +11,9 @@ pub(crate) enum Fault {
     NoDomain,
     /// `VIR_ERR_OPERATION_INVALID`: "domain is not running" (paused, shut off, ...).
     OperationInvalid,
-    /// `VIR_ERR_AGENT_UNRESPONSIVE`: the agent is not connected, or libvirt gave up on it
-    /// after a timeout and has not resynced yet.
+    /// `VIR_ERR_AGENT_UNRESPONSIVE`: the agent is not connected, or libvirt waited for it
+    /// in vain (libvirt 9.0 says so, not `VIR_ERR_AGENT_COMMAND_TIMEOUT`, when a command
+    /// or its resync times out).
     AgentUnresponsive,
     /// `VIR_ERR_AGENT_COMMAND_TIMEOUT`: no reply within the timeout libvirt was given.
     AgentCommandTimeout,
@@ -50,9 +51,14 @@ pub(crate) fn classify(fault: Fault, message: &str, command: &'static str) -> Ag
             }
             None => AgentError::Unavailable(format!("libvirt: {message}")),
         },
-        Fault::AgentUnresponsive | Fault::AgentUnsynced => {
+        // Not connected: refused unsent. Otherwise ("Guest agent not available for now")
+        // libvirt waited for the agent in vain: for the command itself (the first after the
+        // agent stopped answering) or for its guest-sync (every later one), alike in text.
+        Fault::AgentUnresponsive if message.contains("not connected") => {
             AgentError::Unavailable(message.to_string())
         }
+        Fault::AgentUnresponsive => AgentError::Timeout { agent_silent: true },
+        Fault::AgentUnsynced => AgentError::Unavailable(message.to_string()),
         Fault::Connection => AgentError::Unavailable(format!("libvirt connection lost: {message}")),
         Fault::Other => AgentError::Unavailable(format!("libvirt: {message}")),
     }
@@ -144,6 +150,24 @@ mod tests {
         assert_eq!(
             classify(Fault::AgentCommandTimeout, "timed out", "guest-ping"),
             AgentError::Timeout { agent_silent: true }
+        );
+        assert_eq!(
+            classify(
+                Fault::AgentUnresponsive,
+                "Guest agent is not responding: Guest agent not available for now",
+                "guest-exec"
+            ),
+            AgentError::Timeout { agent_silent: true }
+        );
+        assert_eq!(
+            classify(
+                Fault::AgentUnresponsive,
+                "Guest agent is not responding: QEMU guest agent is not connected",
+                "guest-ping"
+            ),
+            AgentError::Unavailable(
+                "Guest agent is not responding: QEMU guest agent is not connected".into()
+            )
         );
     }
 }
