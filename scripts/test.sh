@@ -66,4 +66,5 @@ else
   cargo test --locked --lib --bins
   cargo test --locked --test api -- --test-threads=1
   cargo test --locked --test vm -- --test-threads=1
+  cargo test --locked --test libvirt -- --test-threads=1
 fi

@@ -396,19 +396,15 @@ fn pause_reason(reason: virt::domain::DomainPausedReason) -> PauseReason {
     }
 }
 
-/// Whether the domain has a migration job (KubeVirt's `isMigrating` reads the same).
+/// Whether the domain has a job running: on a running domain in KubeVirt, a migration
+/// (KubeVirt's own check reads the job the same way). `virDomainGetJobInfo`, not
+/// `virDomainGetJobStats`, which would name the operation: the `virt` crate 0.5 builds a
+/// `Vec` from the null pointer libvirt returns when a job has no statistics (undefined
+/// behaviour; it aborted here in a debug build while the agent was stopped).
 fn migrating(domain: &Domain) -> bool {
-    let Ok(job) = domain.job_stats(0) else {
-        return false;
-    };
-    let migration = [
-        sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
-        sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN,
-    ];
-    job.r#type != sys::VIR_DOMAIN_JOB_NONE as i32
-        && job
-            .operation
-            .is_some_and(|operation| migration.iter().any(|m| *m as i32 == operation))
+    domain
+        .job_info()
+        .is_ok_and(|job| job.r#type != sys::VIR_DOMAIN_JOB_NONE as i32)
 }
 
 fn fault_of(error: &virt::error::Error) -> Fault {
