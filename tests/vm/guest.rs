@@ -4,55 +4,24 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
+use crate::host;
+use crate::image::{KERNEL_CMDLINE, MEMORY_MIB, images};
 use crate::qga_client::QgaClient;
 
 const QEMU: &str = "qemu-system-x86_64";
 
-/// The kernel and initramfs, built once per test process (cached across runs).
-fn images() -> &'static (PathBuf, PathBuf) {
-    static IMAGES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    IMAGES.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/build-guest.sh");
-        let output = Command::new("bash")
-            .arg(script)
-            .output()
-            .expect("run tests/vm/build-guest.sh");
-        assert!(
-            output.status.success(),
-            "building the guest failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let mut paths = stdout.lines().rev().take(2).map(PathBuf::from);
-        let initrd = paths.next().expect("initramfs path");
-        let kernel = paths.next().expect("kernel path");
-        (kernel, initrd)
-    })
-}
-
 /// True if QEMU is here. Without it the VM tests skip, except in CI (`CI=true`), where a
 /// missing QEMU is a failure: scripts/test.sh installs it.
 pub fn qemu_or_skip(test: &str) -> bool {
-    let found = Command::new(QEMU)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{QEMU} is missing in CI: scripts/test.sh must install qemu-system-x86"
-        );
-        eprintln!(
-            "SKIPPED {test}: {QEMU} is not installed (apt-get install --no-install-recommends qemu-system-x86)"
-        );
+    let mut missing = Vec::new();
+    if !host::runs(QEMU) {
+        missing.push(format!(
+            "{QEMU} is not installed (apt-get install --no-install-recommends qemu-system-x86)"
+        ));
     }
-    found
+    host::present_or_skip(test, &missing)
 }
 
 pub struct Vm {
@@ -141,7 +110,9 @@ impl Vm {
         };
         self.started = Instant::now();
         let status = Command::new(QEMU)
-            .args(["-accel", "tcg", "-m", "256", "-smp", "1"])
+            .args(["-accel", "tcg", "-smp", "1"])
+            .arg("-m")
+            .arg(MEMORY_MIB.to_string())
             .args(["-nodefaults", "-no-reboot", "-display", "none"])
             .arg("-serial")
             .arg(format!("file:{}", self.path("console.log").display()))
@@ -149,7 +120,7 @@ impl Vm {
             .arg(kernel)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-append", KERNEL_CMDLINE])
             .args(["-device", "virtio-serial-pci"])
             .arg("-chardev")
             .arg(chardev("qga0", &self.agent_socket()))
@@ -215,17 +186,6 @@ impl Drop for Vm {
         let Some(pid) = self.pid else {
             return;
         };
-        let pid = Pid::from_raw(pid);
-        let _ = kill(pid, Signal::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        host::end_process(pid);
     }
-}
-
-/// True while `pid` runs (a zombie left for an init that does not reap counts as gone).
-fn alive(pid: Pid) -> bool {
-    kill(pid, None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }

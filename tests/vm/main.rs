@@ -14,6 +14,8 @@
 
 // The same harness as the agent tests (the gateway binary, `eventually`).
 mod guest;
+mod host;
+mod image;
 mod qga_client;
 #[path = "../api/support/mod.rs"]
 #[allow(dead_code)]
