@@ -50,6 +50,21 @@ ensure_qemu_system() {
     echo "warning: cannot install qemu-system-x86 as this user: the VM tests will skip" >&2
 }
 
+# Installs Debian's libvirt for the libvirt tests (tests/libvirt) when missing: the daemon
+# and its QEMU driver, virsh, and the headers and pkg-config file the `virt` crate builds
+# against (the `libvirt` feature). Where it cannot be installed (no root), those tests say
+# so and skip, except in CI, where they fail.
+ensure_libvirt() {
+  local packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev) missing=() p
+  for p in "${packages[@]}"; do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  echo "libvirt packages missing (${missing[*]}): installing them" >&2
+  apt_install "${missing[@]}" ||
+    echo "warning: cannot install ${missing[*]} as this user: the libvirt tests will skip" >&2
+}
+
 # The cargo-deny that scripts/test.sh runs, pinned: a new release may add checks that fail
 # a tree which passed. 0.20.2 builds with Rust 1.88 and later.
 CARGO_DENY_VERSION=0.20.2

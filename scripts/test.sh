@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the checks and the test suite: formatting, clippy, unit, integration and VM tests.
-# The integration tests start real qemu-ga agents and the VM tests boot a QEMU guest, so
-# this installs Debian's qemu-guest-agent and qemu-system-x86 when missing, and builds
-# the guest image (cached: tests/vm/build-guest.sh).
+# Runs the checks and the test suite: formatting, clippy, unit, integration, VM and
+# libvirt tests. The integration tests start real qemu-ga agents, the VM tests boot a
+# QEMU guest and the libvirt tests a libvirt daemon with that guest as a domain, so this
+# installs Debian's qemu-guest-agent, qemu-system-x86 and libvirt when missing, and
+# builds the guest image (cached: tests/vm/build-guest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -13,6 +14,10 @@ ensure_qemu_system
 if command -v qemu-system-x86_64 >/dev/null; then
   echo "qemu: $(qemu-system-x86_64 --version | head -n1)"
   bash tests/vm/build-guest.sh >/dev/null
+fi
+ensure_libvirt
+if command -v libvirtd >/dev/null; then
+  echo "libvirt: $(libvirtd --version)"
 fi
 
 # Python tools the tests call (a real Prometheus/OpenMetrics parser).
@@ -54,4 +59,5 @@ else
   cargo test --locked --lib --bins
   cargo test --locked --test api -- --test-threads=1
   cargo test --locked --test vm -- --test-threads=1
+  cargo test --locked --test libvirt -- --test-threads=1
 fi
