@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the checks and the test suite: formatting, clippy, unit, integration and VM tests.
-# The integration tests start real qemu-ga agents and the VM tests boot a QEMU guest, so
-# this installs Debian's qemu-guest-agent and qemu-system-x86 when missing, and builds
-# the guest image (cached: tests/vm/build-guest.sh). The libvirt backend's build and tests
-# need libvirt (daemon, virsh, libvirt-dev): installed when missing too.
+# Runs the checks and the test suite: formatting, clippy, unit, integration, VM and
+# libvirt tests. The integration tests start real qemu-ga agents, the VM tests boot a
+# QEMU guest and the libvirt tests a libvirt daemon with that guest as a domain, so this
+# installs Debian's qemu-guest-agent, qemu-system-x86 and libvirt when missing, and
+# builds the guest image (cached: tests/vm/build-guest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

@@ -24,7 +24,7 @@ pub fn present_or_skip(test: &str, missing: &[String]) -> bool {
     let missing = missing.join("; ");
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "missing in CI ({missing}): scripts/test.sh must install it"
+        "missing in CI, where scripts/test.sh sets everything up: {missing}"
     );
     eprintln!("SKIPPED {test}: {missing}");
     false
