@@ -22,5 +22,10 @@ cargo build --release --locked --features libvirt --target-dir target/libvirt
 # The benchmark's clients: a crate of their own (bench/), sharing no code with the gateway.
 cargo build --release --locked --manifest-path bench/Cargo.toml --target-dir target/bench-build
 mkdir -p target/bench
+# The libvirt path's daemon and domain (the tests/vm guest under TCG), as the demo's.
+source scripts/libvirt-session.sh
+trap libvirt_session_stop EXIT
+libvirt_session_start vpg-bench bench_vm
 target/bench-build/release/gateway-bench \
-  --binary target/release/virt-probe-gateway --out target/bench/results.md "$@"
+  --binary target/release/virt-probe-gateway --out target/bench/results.md \
+  --libvirt "$dir" "$domain" "$(id -u "$user")" "$(id -g "$user")" "$@"

@@ -12,78 +12,19 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 port="${DEMO_PORT:-8080}"
-user="${DEMO_USER:-vpg-demo}"
-[ "$(id -u)" = 0 ] || { echo "error: run as root: it creates $user and runs the daemon as it" >&2; exit 1; }
-ensure_qemu_system
-ensure_libvirt
-read -r kernel initrd < <(bash tests/vm/build-guest.sh | paste -s -d' ')
-cargo build --release --locked --features libvirt --target-dir target/libvirt
-binary="$PWD/target/libvirt/release/virt-probe-gateway"
-id "$user" >/dev/null 2>&1 ||
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+[ "$(id -u)" = 0 ] || { echo "error: run as root: it creates the demo's user and runs the daemon as it" >&2; exit 1; }
+source scripts/libvirt-session.sh
 
-# Short: libvirt puts the channel sockets under it, and a socket path has 107 bytes at most.
-dir="$(mktemp -d /tmp/vpgd.XXXX)"
-cp "$kernel" "$dir/vmlinux"
-cp "$initrd" "$dir/initrd"
-cp "$binary" "$dir/virt-probe-gateway-libvirt"
-mkdir -p "$dir/run" "$dir/config" "$dir/cache"
-chown -R "$user:" "$dir"
-chmod 0700 "$dir"
-as_user() {
-  setpriv --reuid "$user" --regid "$user" --clear-groups \
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$dir" XDG_RUNTIME_DIR="$dir/run" \
-    XDG_CONFIG_HOME="$dir/config" XDG_CACHE_HOME="$dir/cache" LIBVIRT_AUTOSTART=0 "$@"
-}
-socket="$dir/run/libvirt/libvirt-sock"
-uri="qemu+unix:///session?socket=$socket"
-domain=demo_vm
-
-daemon_pid=""
 gateway_pid=""
 cleanup() {
   trap - EXIT INT TERM
   if [ -n "$gateway_pid" ]; then kill -TERM "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; fi
-  # QEMU and virtlogd outlive the daemon: each is ended by its pid file.
-  local qemu_pid logd_pid
-  qemu_pid="$(cat "$dir/run/libvirt/qemu/run/$domain.pid" 2>/dev/null || true)"
-  logd_pid="$(cat "$dir/run/libvirt/virtlogd.pid" 2>/dev/null || true)"
-  as_user virsh -q -c "$uri" destroy "$domain" >/dev/null 2>&1 || true
-  if [ -n "$daemon_pid" ]; then kill -TERM "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
-  for pid in $qemu_pid $logd_pid; do kill -KILL "$pid" 2>/dev/null || true; done
-  rm -rf "$dir"
+  libvirt_session_stop
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
-
-as_user libvirtd --timeout 0 >"$dir/libvirtd.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 1 100); do [ -S "$socket" ] && break; sleep 0.1; done
-[ -S "$socket" ] || { echo "error: libvirtd did not create $socket; its log:" >&2; cat "$dir/libvirtd.log" >&2; exit 1; }
-
-cat >"$dir/domain.xml" <<XML
-<domain type='qemu'>
-  <name>$domain</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>$dir/vmlinux</kernel>
-    <initrd>$dir/initrd</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
-  </os>
-  <on_reboot>destroy</on_reboot>
-  <devices>
-    <emulator>$(command -v qemu-system-x86_64)</emulator>
-    <controller type='virtio-serial' index='0'/>
-    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-    <serial type='file'><source path='$dir/console.log'/><target port='0'/></serial>
-  </devices>
-</domain>
-XML
-chown "$user:" "$dir/domain.xml"
-as_user virsh -q -c "$uri" define "$dir/domain.xml" >/dev/null
-as_user virsh -q -c "$uri" start "$domain" >/dev/null
+libvirt_session_start "${DEMO_USER:-vpg-demo}" demo_vm
+socket="$dir/run/libvirt/libvirt-sock"
 
 cat >"$dir/gateway.yaml" <<YAML
 listen: "127.0.0.1:$port"

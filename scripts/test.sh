@@ -53,8 +53,13 @@ cargo fmt --manifest-path bench/Cargo.toml -- --check
 cargo clippy --locked --manifest-path bench/Cargo.toml --target-dir target/bench-build --release -- -D warnings
 cargo build --locked --release --manifest-path bench/Cargo.toml --target-dir target/bench-build
 mkdir -p target/bench
+source scripts/libvirt-session.sh
+trap libvirt_session_stop EXIT
+libvirt_session_start vpg-bench bench_vm
 target/bench-build/release/gateway-bench --quick \
-  --binary target/release/virt-probe-gateway --out target/bench/quick.md >/dev/null
+  --binary target/release/virt-probe-gateway --out target/bench/quick.md \
+  --libvirt "$dir" "$domain" "$(id -u "$user")" "$(id -g "$user")" >/dev/null
+libvirt_session_stop
 
 # The HTTP API against its OpenAPI document: validator, generated client, schemathesis.
 scripts/api-contract.sh

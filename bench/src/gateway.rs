@@ -88,14 +88,7 @@ impl Gateway {
 
     /// CPU time of all the gateway's threads, in ns (schedstat: exact, unlike ticks).
     pub fn cpu_ns(&self) -> u64 {
-        let Ok(tasks) = std::fs::read_dir(self.proc("task")) else {
-            return 0;
-        };
-        tasks
-            .filter_map(Result::ok)
-            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-            .sum()
+        cpu_ns(self.child.id())
     }
 
     pub fn threads(&self) -> usize {
@@ -147,8 +140,20 @@ fn pinned(program: &Path, core: Option<usize>) -> Command {
     }
 }
 
-fn free_address() -> SocketAddr {
+pub fn free_address() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
+}
+
+/// The sum of the run time of every thread of `pid`, in ns (schedstat).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

@@ -11,6 +11,7 @@
 mod agent;
 mod gateway;
 mod http;
+mod libvirt;
 mod relay;
 mod stats;
 
@@ -85,6 +86,7 @@ fn main() {
     let mut out = None;
     let mut plan = &FULL;
     let mut baseline = None;
+    let mut session = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -92,8 +94,18 @@ fn main() {
             "--out" => out = Some(PathBuf::from(args.next().expect("--out PATH"))),
             "--quick" => plan = &QUICK,
             "--baseline" => baseline = Some(PathBuf::from(args.next().expect("--baseline PATH"))),
+            "--libvirt" => {
+                let mut next = || args.next().expect("--libvirt DIR DOMAIN UID GID");
+                session = Some(libvirt::Session {
+                    dir: next().into(),
+                    domain: next(),
+                    uid: next().parse().expect("UID"),
+                    gid: next().parse().expect("GID"),
+                });
+            }
             other => panic!(
-                "unknown argument {other}; use --binary PATH --out PATH --quick --baseline PATH"
+                "unknown argument {other}; use --binary PATH --out PATH --quick --baseline PATH \
+                 --libvirt DIR DOMAIN UID GID"
             ),
         }
     }
@@ -121,6 +133,16 @@ fn main() {
     cost_table(&mut report, &unpinned, pinned.as_ref());
     load_table(&mut report, &unpinned, pinned.as_ref());
     footprint_table(&mut report, &memory, &startup, &binary);
+    if let Some(session) = &session {
+        eprintln!("bench: the libvirt path");
+        let results = libvirt::run(
+            session,
+            plan.new_connection,
+            plan.processes,
+            plan.leak_probes,
+        );
+        libvirt::tables(&mut report, &results);
+    }
     if let Some(baseline) = baseline {
         eprintln!("bench: against the baseline {}", baseline.display());
         baseline_table(&mut report, &baseline, &binary, plan);
@@ -334,7 +356,7 @@ fn run_pass(binary: &Path, plan: &Plan, gateway_core: Option<usize>) -> Pass {
 }
 
 /// Runs `op` `warmup` times untimed, then `count` times timed.
-fn timed(warmup: usize, count: usize, mut op: impl FnMut()) -> Samples {
+pub(crate) fn timed(warmup: usize, count: usize, mut op: impl FnMut()) -> Samples {
     for _ in 0..warmup {
         op();
     }
@@ -389,7 +411,7 @@ fn process_per_probe(binary: &Path, socket: &Path, count: usize) -> Samples {
     timed(count / 10, count, || check.run())
 }
 
-fn children_cpu_ns() -> u64 {
+pub(crate) fn children_cpu_ns() -> u64 {
     use nix::sys::resource::{UsageWho, getrusage};
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let ns =
@@ -828,7 +850,7 @@ fn baseline_table(report: &mut String, baseline: &Path, binary: &Path, plan: &Pl
 
 /// A section heading and a table's header: the first `text` columns are left-aligned,
 /// the figures after them right-aligned.
-fn table(report: &mut String, title: &str, columns: &[&str], text: usize) {
+pub(crate) fn table(report: &mut String, title: &str, columns: &[&str], text: usize) {
     let align: Vec<&str> = (0..columns.len())
         .map(|i| if i < text { "---" } else { "---:" })
         .collect();
