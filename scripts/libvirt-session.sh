@@ -67,13 +67,15 @@ as_user() {
 
 libvirt_session_stop() {
   [ -n "${dir:-}" ] || return 0
-  # QEMU and virtlogd outlive the daemon: each is ended by its pid file.
-  local qemu_pid logd_pid
+  # QEMU and virtlogd outlive the daemon, and the daemon is a grandchild of $daemon_pid
+  # (as_user's subshell): each is ended by its own pid file.
+  local qemu_pid logd_pid libvirtd_pid
   qemu_pid="$(cat "$dir/run/libvirt/qemu/run/$domain.pid" 2>/dev/null || true)"
   logd_pid="$(cat "$dir/run/libvirt/virtlogd.pid" 2>/dev/null || true)"
+  libvirtd_pid="$(cat "$dir/run/libvirt/libvirtd.pid" 2>/dev/null || true)"
   as_user virsh -q -c "$uri" destroy "$domain" >/dev/null 2>&1 || true
+  for pid in $qemu_pid $logd_pid $libvirtd_pid; do kill -KILL "$pid" 2>/dev/null || true; done
   if [ -n "${daemon_pid:-}" ]; then kill -TERM "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
-  for pid in $qemu_pid $logd_pid; do kill -KILL "$pid" 2>/dev/null || true; done
   rm -rf "$dir"
   dir=""
 }
