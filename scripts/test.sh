@@ -27,6 +27,8 @@ cargo clippy --locked --all-targets -- -D warnings
 # is linted with it too. Only this package and the virt crates are checked again (about
 # 20 s here): the other dependencies keep their features and their check results.
 cargo clippy --locked --all-targets --features libvirt -- -D warnings
+# The workspace's FFI crate (crates/libvirt-errors), the one place with unsafe code.
+cargo clippy --locked --all-targets -p libvirt-errors -- -D warnings
 
 # The dependency tree against deny.toml: one version of each crate (or a justified skip),
 # crates.io only, licences from the allow-list. Not `advisories`: it fetches the RustSec
@@ -66,8 +68,9 @@ scripts/api-contract.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
   # .config/nextest.toml runs the integration tests one at a time (they assert deadlines).
-  cargo nextest run --locked --no-fail-fast
+  cargo nextest run --locked --workspace --no-fail-fast
 else
+  cargo test --locked -p libvirt-errors
   cargo test --locked --lib --bins
   cargo test --locked --test api -- --test-threads=1
   cargo test --locked --test vm -- --test-threads=1

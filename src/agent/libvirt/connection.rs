@@ -50,11 +50,11 @@ pub(super) struct Connection {
 /// Whether libvirt's event loop runs (keepalive needs it); set up once per process.
 static EVENT_LOOP: Once = Once::new();
 
-/// Routes libvirt's own error printing away from stderr (each error the gateway gets is
-/// logged through tracing by the backend), and starts libvirt's event loop thread.
+/// Routes libvirt's error reports into the gateway's logging (libvirt would print them to
+/// stderr, breaking JSON logs), and starts libvirt's event loop thread.
 fn set_up_libvirt() {
     EVENT_LOOP.call_once(|| {
-        virt::error::clear_error_callback();
+        libvirt_errors::route_errors(log_libvirt_error);
         if let Err(error) = virt::event::event_register_default_impl() {
             tracing::warn!(error = %error.message(), "libvirt event loop unavailable: a hung daemon is noticed only by failing calls");
             return;
@@ -73,6 +73,19 @@ fn set_up_libvirt() {
             tracing::warn!(%error, "cannot start the libvirt event loop thread");
         }
     });
+}
+
+/// One error report of libvirt: every failed libvirt call dispatches one, on the thread
+/// that made it. At debug level: the failures that matter reach the log already as the
+/// keeper's warnings and the probes' reasons, and a paused VM fails every agent command.
+fn log_libvirt_error(error: &libvirt_errors::LibvirtError) {
+    tracing::debug!(
+        target: "libvirt",
+        code = error.code,
+        from = error.domain_name().unwrap_or("other"),
+        error = %error.message,
+        "libvirt error"
+    );
 }
 
 impl Connection {
