@@ -25,7 +25,8 @@ pub(super) enum Verdict {
 
 /// How a state is taken, whichever probe asks.
 enum Rule {
-    /// Both probes pass: a migration, whose end the VM's service rides through.
+    /// Both probes pass: the source of a migration, where the guest runs and serves until
+    /// the switch-over.
     BothPass,
     /// Liveness passes (restarting would not help, or would lose the VM's state);
     /// readiness fails (the guest serves nothing meanwhile).
@@ -38,10 +39,13 @@ enum Rule {
 fn rule(state: &DomainState) -> Rule {
     match state {
         DomainState::Running => Rule::AsChecked,
-        DomainState::Migrating
-        | DomainState::Paused(PauseReason::Migration | PauseReason::PostCopy) => Rule::BothPass,
+        DomainState::Migrating => Rule::BothPass,
+        // Paused for a migration: a target whose guest has not arrived, or a source at the
+        // switch-over or in post-copy, whose guest runs on the target. Not serving here.
         DomainState::Paused(
-            PauseReason::User
+            PauseReason::Migration
+            | PauseReason::PostCopy
+            | PauseReason::User
             | PauseReason::Save
             | PauseReason::Dump
             | PauseReason::FromSnapshot
@@ -91,20 +95,17 @@ mod tests {
     }
 
     #[test]
-    fn a_migration_passes_both_probes() {
-        for state in [
-            DomainState::Migrating,
-            paused(PauseReason::Migration),
-            paused(PauseReason::PostCopy),
-        ] {
-            assert_eq!(judge(LIVE, &state), Verdict::Pass(state.to_string()));
-            assert_eq!(judge(READY, &state), Verdict::Pass(state.to_string()));
-        }
+    fn a_migration_source_still_running_passes_both_probes() {
+        let state = DomainState::Migrating;
+        assert_eq!(judge(LIVE, &state), Verdict::Pass(state.to_string()));
+        assert_eq!(judge(READY, &state), Verdict::Pass(state.to_string()));
     }
 
     #[test]
     fn a_benign_pause_or_an_ending_domain_keeps_liveness_and_fails_readiness() {
         for state in [
+            paused(PauseReason::Migration),
+            paused(PauseReason::PostCopy),
             paused(PauseReason::User),
             paused(PauseReason::Snapshot),
             paused(PauseReason::StartingUp),

@@ -15,9 +15,9 @@ use serde_json::Value;
 
 use crate::session::{Domain, LibvirtSession, libvirt_or_skip, session_with_domain};
 
-const SECOND: Duration = Duration::from_secs(1);
+pub const SECOND: Duration = Duration::from_secs(1);
 /// What the gateway may add to a probe's `timeoutSeconds` (the bound).
-const SLACK: Duration = Duration::from_millis(500);
+pub const SLACK: Duration = Duration::from_millis(500);
 
 /// The libvirt binary; in CI (scripts/test.sh builds it first) a missing one fails.
 fn libvirt_binary() -> PathBuf {
@@ -37,8 +37,9 @@ fn libvirt_binary() -> PathBuf {
     binary
 }
 
-/// The libvirt gateway, serving on 127.0.0.1:0 as the session's user, JSON logs kept.
-struct LibvirtGateway {
+/// A gateway serving on 127.0.0.1:0 as the session's user, JSON logs kept (a line that is
+/// not JSON is kept as `{"raw": LINE}`).
+pub struct LibvirtGateway {
     child: Child,
     address: SocketAddr,
     logs: Arc<Mutex<Vec<Value>>>,
@@ -46,27 +47,44 @@ struct LibvirtGateway {
 }
 
 impl LibvirtGateway {
-    /// Starts the gateway on `config` (YAML) with `args` after it.
-    fn start(libvirt: &LibvirtSession, config: &str, args: &[&str]) -> LibvirtGateway {
-        let binary = libvirt.reachable_copy(&libvirt_binary());
+    /// Starts the libvirt gateway on `config` (YAML) with `args` after it.
+    pub fn start(libvirt: &LibvirtSession, config: &str, args: &[&str]) -> LibvirtGateway {
+        Self::start_logging(libvirt, config, args, "info")
+    }
+
+    /// [`LibvirtGateway::start`] with `RUST_LOG=filter`.
+    pub fn start_logging(
+        libvirt: &LibvirtSession,
+        config: &str,
+        args: &[&str],
+        filter: &str,
+    ) -> LibvirtGateway {
         let path = libvirt
             .dir()
             .join(format!("gateway-{}.yaml", fastrand::u32(..)));
         std::fs::write(&path, config).unwrap();
         chown(&path, Some(libvirt.user().uid), Some(libvirt.user().gid)).unwrap();
+        let path = path.display().to_string();
+        let mut all = vec!["--config", path.as_str()];
+        all.extend_from_slice(args);
+        Self::spawn(libvirt, &libvirt_binary(), &all, &[("RUST_LOG", filter)])
+    }
+
+    /// Runs `binary serve --log-format json --listen 127.0.0.1:0 ARGS` as the session's
+    /// user with `env`, and waits until it listens.
+    pub fn spawn(
+        libvirt: &LibvirtSession,
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> LibvirtGateway {
+        let binary = libvirt.reachable_copy(binary);
         let mut child = libvirt
             .command(binary)
-            .args([
-                "serve",
-                "--log-format",
-                "json",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-            ])
-            .arg(&path)
+            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -112,7 +130,7 @@ impl LibvirtGateway {
     }
 
     /// GET `path` as JSON: status, report, and how long it took.
-    async fn report(&self, path: &str) -> (u16, Value, Duration) {
+    pub async fn report(&self, path: &str) -> (u16, Value, Duration) {
         let started = Instant::now();
         let response = self
             .client
@@ -129,7 +147,7 @@ impl LibvirtGateway {
     }
 
     /// The value of the metric series `series` (name with labels).
-    async fn metric(&self, series: &str) -> f64 {
+    pub async fn metric(&self, series: &str) -> f64 {
         let text = self
             .client
             .get(format!("http://{}/metrics", self.address))
@@ -144,8 +162,29 @@ impl LibvirtGateway {
             .unwrap_or(f64::NAN)
     }
 
+    /// The log lines that were not JSON.
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["raw"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The log events whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| event["message"] == message)
+            .cloned()
+            .collect()
+    }
+
     /// Polls `path` until it answers `status`, within `limit`; the report.
-    async fn await_status(&self, path: &str, status: u16, limit: Duration) -> Value {
+    pub async fn await_status(&self, path: &str, status: u16, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let (got, report, _) = self.report(path).await;
@@ -175,12 +214,12 @@ impl Drop for LibvirtGateway {
     }
 }
 
-fn reason(report: &Value) -> &str {
+pub fn reason(report: &Value) -> &str {
     report["reason"].as_str().unwrap_or_default()
 }
 
 /// A config for domain `domain` of `libvirt` with the given probes (YAML lines).
-fn config(libvirt: &LibvirtSession, domain: &str, probes: &str) -> String {
+pub fn config(libvirt: &LibvirtSession, domain: &str, probes: &str) -> String {
     format!(
         "agent: \"libvirt:{domain}\"\nlibvirtUri: \"{}\"\nexposeOutput: true\nlivenessGraceSeconds: 0\n{probes}",
         libvirt.uri()
@@ -364,9 +403,16 @@ async fn a_stopped_agent_gets_bounded_answers_and_the_first_probe_after_it_is_ri
 #[tokio::test]
 async fn a_killed_daemon_gets_503_in_bounds_and_recovery_after_its_restart() {
     let test = "a_killed_daemon_gets_503_in_bounds_and_recovery_after_its_restart";
-    let Some((mut libvirt, domain, gateway)) = started(test, PING_AND_TRUE).await else {
+    let Some((mut libvirt, domain)) = session_with_domain(test, "gw").await else {
         return;
     };
+    // libvirt's own error reports at debug, to see them reach the gateway's log.
+    let gateway = LibvirtGateway::start_logging(
+        &libvirt,
+        &config(&libvirt, &domain.name, PING_AND_TRUE),
+        &[],
+        "info,libvirt=debug",
+    );
     gateway.await_status("/live", 200, 10 * SECOND).await;
     libvirt.kill_daemon();
     let deadline = Instant::now() + 10 * SECOND;
@@ -396,6 +442,18 @@ async fn a_killed_daemon_gets_503_in_bounds_and_recovery_after_its_restart() {
         domain.qemu_pid,
         "the same QEMU"
     );
+    // libvirt's reports of the failures went through the gateway's logging, as JSON with
+    // libvirt's code and text, and nothing was printed beside it.
+    let reports = gateway.events("libvirt error");
+    assert!(
+        reports.iter().any(|report| report["code"] == 38
+            && report["from"] == "XML-RPC"
+            && report["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("Failed to connect socket"))),
+        "{reports:#?}"
+    );
+    assert_eq!(gateway.raw_lines(), Vec::<String>::new());
 }
 
 #[tokio::test]

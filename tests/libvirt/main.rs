@@ -21,6 +21,13 @@ mod image;
 #[allow(dead_code)]
 mod qga_client;
 
+// virt-launcher's side of the hook protocol: the API tests' own.
+#[path = "../api/support/hook.rs"]
+#[allow(dead_code)]
+mod hook_support;
+
 mod gateway;
 mod harness;
+mod hook;
+mod migration;
 mod session;

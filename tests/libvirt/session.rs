@@ -174,6 +174,16 @@ impl HarnessUser {
     }
 }
 
+/// Where the tests/vm guest's files are for one domain ([`LibvirtSession::guest_files`]).
+pub struct GuestFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The serial console's log (a file).
+    pub console: PathBuf,
+    /// The control channel's socket, which QEMU binds.
+    pub control: PathBuf,
+}
+
 /// A domain started by [`LibvirtSession::start_domain`], both its agents answering.
 pub struct Domain {
     pub name: String,
@@ -333,15 +343,38 @@ impl LibvirtSession {
     /// binds), and returns once guest-ping answers through libvirt and the control agent
     /// answers.
     pub async fn start_domain(&mut self, name: &str) -> Domain {
+        let files = self.guest_files(name);
+        let xml = self.domain_xml(name, &files);
+        self.start_domain_xml(name, &xml, &files.control).await
+    }
+
+    /// The files of the tests/vm guest for domain `name`, where the session's user reaches
+    /// them: kernel, initramfs, the serial console's log, the control channel's socket.
+    pub fn guest_files(&self, name: &str) -> GuestFiles {
+        let (kernel, initrd) = images();
         let control = self.path(&format!("{name}.ctl"));
         assert!(
             control.as_os_str().len() <= 107,
             "unix socket path too long: {}",
             control.display()
         );
-        let xml = self.path(&format!("{name}.xml"));
-        std::fs::write(&xml, self.domain_xml(name, &control)).expect("write the domain XML");
-        self.give_to_user(&xml);
+        GuestFiles {
+            kernel: self.reachable_copy(kernel),
+            initrd: self.reachable_copy(initrd),
+            console: self.path(&format!("{name}.console")),
+            control,
+        }
+    }
+
+    /// Defines and starts domain `name` from `xml`, whose guest is the tests/vm guest with
+    /// its control channel bound at `control`, and returns once guest-ping answers
+    /// through libvirt and the control agent answers.
+    pub async fn start_domain_xml(&mut self, name: &str, xml: &str, control: &Path) -> Domain {
+        let control = control.to_path_buf();
+        let path = self.path(&format!("{name}.xml"));
+        std::fs::write(&path, xml).expect("write the domain XML");
+        self.give_to_user(&path);
+        let xml = path;
 
         let started = Instant::now();
         self.virsh_ok(&["define", &xml.display().to_string()]);
@@ -451,10 +484,13 @@ impl LibvirtSession {
         self.daemon = Some(daemon);
     }
 
-    fn domain_xml(&self, name: &str, control: &Path) -> String {
-        let (kernel, initrd) = images();
-        let (kernel, initrd) = (self.reachable_copy(kernel), self.reachable_copy(initrd));
-        let console = self.path(&format!("{name}.console"));
+    fn domain_xml(&self, name: &str, files: &GuestFiles) -> String {
+        let GuestFiles {
+            kernel,
+            initrd,
+            console,
+            control,
+        } = files;
         format!(
             "<domain type='qemu'>
   <name>{name}</name>
@@ -537,7 +573,8 @@ impl LibvirtSession {
         pids
     }
 
-    fn give_to_user(&self, path: &Path) {
+    /// Gives `path` to the session's user.
+    pub fn give_to_user(&self, path: &Path) {
         chown(path, Some(self.user.uid), Some(self.user.gid))
             .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
     }

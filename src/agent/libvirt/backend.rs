@@ -2,6 +2,12 @@
 //! thread and bounded by its caller's deadline, and the domain's state learnt after a
 //! command fails (a command that succeeds means the domain runs, so a passing probe costs
 //! one libvirt call).
+//!
+//! A command libvirt refuses (domain not running, no domain) fails at once and its worker
+//! reads the state before answering. A command that times out is still in libvirt when
+//! its caller's deadline passes, so the caller asks for the state then, on the state
+//! thread, and waits for it at most [`STATE_WAIT`]: the probe that times out because a
+//! migration began is judged by the migration, not by the state before it.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +21,7 @@ use virt::sys;
 
 use super::classify::{Fault, classify, connection_lost};
 use super::connection::{Connection, Unreachable};
-use super::pool::{Job, Pool, WORKERS};
+use super::pool::{AGENT_WORKERS, Job, Pool};
 use crate::agent::backend::{
     AgentBackend, Call, CallFuture, CallResult, CloseFuture, LateReplies, LateReply, LinkStatus,
 };
@@ -29,6 +35,12 @@ use crate::metrics::Metrics;
 /// within this window is still handed to the guest-process owner ([`Call::late`]).
 const EXEC_REPLY_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long a caller whose command timed out waits for the domain's state past its
+/// deadline. Reading the state needs no agent (a few ms); the bound keeps a hung daemon
+/// from holding the probe past its `timeoutSeconds` + 0.5 s. Without an answer by then the
+/// state last learnt is used.
+const STATE_WAIT: Duration = Duration::from_millis(300);
+
 /// The libvirt backend of one domain.
 pub(crate) struct LibvirtBackend {
     shared: Arc<Shared>,
@@ -36,7 +48,10 @@ pub(crate) struct LibvirtBackend {
 
 struct Shared {
     connection: Arc<Connection>,
+    /// Agent commands.
     pool: Arc<Pool>,
+    /// Reading the domain's state, apart from the agent commands it must not wait behind.
+    state_pool: Arc<Pool>,
     has_answered: AtomicBool,
     state: Mutex<Option<DomainState>>,
     metrics: Arc<Metrics>,
@@ -115,13 +130,36 @@ impl Job for AgentJob {
     }
 }
 
+/// Reads the domain's state on the state thread, for a caller whose command timed out.
+struct StateJob {
+    shared: Arc<Shared>,
+    deadline: Instant,
+    done: oneshot::Sender<()>,
+}
+
+impl Job for StateJob {
+    fn run(self: Box<Self>) {
+        // Its caller has gone on with the state it had: nobody waits for this one.
+        if self.done.is_closed() {
+            return;
+        }
+        if let Ok(domain) = self.shared.handles(self.deadline) {
+            self.shared.learn_state(&domain);
+        }
+        let _ = self.done.send(());
+    }
+
+    fn refuse(self: Box<Self>, _why: &str) {}
+}
+
 impl LibvirtBackend {
     /// Starts the connection to `uri` for `domain`, and the workers.
     pub(crate) fn start(uri: LibvirtUri, domain: String, metrics: Arc<Metrics>) -> LibvirtBackend {
         LibvirtBackend {
             shared: Arc::new(Shared {
                 connection: Connection::start(uri, domain),
-                pool: Pool::start(),
+                pool: Pool::start("libvirt", AGENT_WORKERS),
+                state_pool: Pool::start("libvirt-state", 1),
                 has_answered: AtomicBool::new(false),
                 state: Mutex::new(None),
                 metrics,
@@ -139,6 +177,7 @@ impl AgentBackend for LibvirtBackend {
         } = call;
         let (reply, replied) = oneshot::channel();
         let progress = Arc::new(AtomicU8::new(QUEUED));
+        let shared = Arc::clone(&self.shared);
         self.shared.pool.submit(Box::new(AgentJob {
             shared: Arc::clone(&self.shared),
             command,
@@ -157,10 +196,11 @@ impl AgentBackend for LibvirtBackend {
                     let abandoned = progress
                         .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
+                    shared.refresh_state(Instant::now() + STATE_WAIT).await;
                     if abandoned {
                         Err(AgentError::Unavailable(format!(
-                            "not sent: all {WORKERS} libvirt worker threads are held by calls \
-                             libvirt has not returned"
+                            "not sent: all {AGENT_WORKERS} libvirt worker threads are held by \
+                             calls libvirt has not returned"
                         )))
                     } else {
                         Err(AgentError::Timeout {
@@ -198,6 +238,7 @@ impl AgentBackend for LibvirtBackend {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             shared.pool.close();
+            shared.state_pool.close();
             // virConnectClose may talk to the daemon: not on the runtime's thread.
             let closing = tokio::task::spawn_blocking(move || shared.connection.close());
             let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
@@ -208,11 +249,28 @@ impl AgentBackend for LibvirtBackend {
 impl Drop for LibvirtBackend {
     fn drop(&mut self) {
         self.shared.pool.close();
+        self.shared.state_pool.close();
         self.shared.connection.close();
     }
 }
 
 impl Shared {
+    /// Learns the domain's state now, on the state thread, waiting for it until `by`.
+    async fn refresh_state(self: &Arc<Self>, by: Instant) {
+        let (done, learnt) = oneshot::channel();
+        self.state_pool.submit(Box::new(StateJob {
+            shared: Arc::clone(self),
+            deadline: by,
+            done,
+        }));
+        if timeout_at(by, learnt).await.is_err() {
+            tracing::debug!(
+                domain = self.connection.domain_name(),
+                "no domain state within {STATE_WAIT:?} of the deadline: judging by the last one"
+            );
+        }
+    }
+
     /// Runs `command` on this (worker) thread; whether it reached libvirt's agent command.
     fn command(&self, command: &Command, deadline: Instant) -> (CallResult, Sent) {
         match self.handles(deadline) {

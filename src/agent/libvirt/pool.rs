@@ -1,7 +1,9 @@
 //! The worker threads of the libvirt backend. libvirt's C API blocks, and a call can block
 //! far longer than a probe may wait (an agent job may wait 30 s for another, a resync takes
 //! up to 5 s), so no libvirt call runs on the HTTP thread or the async runtime: each runs
-//! on one of [`WORKERS`] threads, and its caller waits by its own deadline.
+//! on a thread of a [`Pool`], and its caller waits by its own deadline. The backend has
+//! two: [`AGENT_WORKERS`] threads for agent commands, and one of its own for the domain's
+//! state, which needs no agent and so is answered even while every agent worker is held.
 //!
 //! When every worker is held by a call libvirt has not returned, new calls queue (at most
 //! [`MAX_QUEUED`]); a queued call whose caller gives up before a worker is free is never
@@ -10,9 +12,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// Worker threads. A probe has one check in flight (single flight), and an exec check
+/// Agent worker threads. A probe has one check in flight (single flight), and an exec check
 /// adds status polls, so two probes and their orphans' polls fit; a hung call holds one.
-pub(super) const WORKERS: usize = 4;
+pub(super) const AGENT_WORKERS: usize = 4;
 /// Calls waiting for a worker, beyond which a call is refused at once.
 const MAX_QUEUED: usize = 64;
 
@@ -34,8 +36,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// Starts [`WORKERS`] threads (fewer if the system refuses threads: logged).
-    pub(super) fn start() -> Arc<Pool> {
+    /// Starts `workers` threads named `NAME-N` (fewer if the system refuses threads:
+    /// logged).
+    pub(super) fn start(name: &str, workers: usize) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
@@ -43,10 +46,10 @@ impl Pool {
             }),
             ready: Condvar::new(),
         });
-        for n in 0..WORKERS {
+        for n in 0..workers {
             let worker = Arc::clone(&pool);
             let spawned = std::thread::Builder::new()
-                .name(format!("libvirt-{n}"))
+                .name(format!("{name}-{n}"))
                 .spawn(move || worker.work());
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start a libvirt worker thread");
