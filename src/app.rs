@@ -222,7 +222,8 @@ async fn close(in_force: &InForce, hook: Option<HookServer>, grace: Duration) {
     }
 }
 
-async fn stop_signal() -> io::Result<&'static str> {
+/// The first of SIGTERM and SIGINT.
+pub(crate) async fn stop_signal() -> io::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check`, `validate`. Every flag also reads
-//! `PROBE_GATEWAY_<FLAG>`; a flag wins over its variable, both win over the config file.
+//! The command line: `serve`, `check`, `validate`, `inject`, `openapi`. Every flag also
+//! reads `PROBE_GATEWAY_<FLAG>` (`inject`'s, `PROBE_GATEWAY_INJECT_<FLAG>`); a flag wins
+//! over its variable, both win over the config file.
 //!
 //! Exit codes: 0 success, 1 check failed (or the gateway failed at run time), 2 usage or
 //! config error.
@@ -15,9 +16,10 @@ use tokio::time::Instant;
 
 use crate::app::{Application, HookMode};
 use crate::config::{
-    self, AgentSetting, CheckSettings, GatewayFile, LibvirtUri, LoadError, Overrides, ProbeKind,
-    ResolveError, Role, Settings,
+    self, AgentSetting, CheckSettings, GatewayFile, InjectFile, InjectSettings, LibvirtUri,
+    LoadError, Overrides, ProbeKind, ResolveError, Role, Settings,
 };
+use crate::inject;
 use crate::kubevirt::HookSetup;
 use crate::metrics::Metrics;
 use crate::probe::ProbeRunner;
@@ -48,6 +50,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the HTTP API's OpenAPI document (JSON).
     Openapi,
+    /// Serve the mutating admission webhook that puts the gateway into virt-launcher pods (deploy/README.md).
+    Inject(InjectArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,9 +61,17 @@ pub struct ServeArgs {
         long,
         env = "PROBE_GATEWAY_CONFIG",
         value_name = "FILE",
-        required_unless_present = "kubevirt_hook"
+        required_unless_present_any = ["kubevirt_hook", "config_text"]
     )]
     pub config: Option<PathBuf>,
+    /// The config itself (YAML or JSON) instead of a file: how the admission webhook gives an injected gateway its checks. Not reloaded.
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_CONFIG_TEXT",
+        value_name = "TEXT",
+        conflicts_with = "config"
+    )]
+    pub config_text: Option<String>,
     /// Run as a KubeVirt hook sidecar: serve KubeVirt's hook gRPC services in --hooks-dir, add a private agent channel to the VM at OnDefineDomain, take the checks from the VMI's probe-gateway.kubevirt.io/probes annotation, and exit 0 at the Shutdown hook.
     #[arg(long, env = "PROBE_GATEWAY_KUBEVIRT_HOOK")]
     pub kubevirt_hook: bool,
@@ -96,8 +108,21 @@ pub struct CheckArgs {
     /// Which probe to run.
     #[arg(value_enum)]
     pub probe: ProbeArg,
-    #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_CONFIG",
+        value_name = "FILE",
+        required_unless_present = "config_text"
+    )]
+    pub config: Option<PathBuf>,
+    /// The config itself (YAML or JSON): in an injected gateway's container, its own (`kubectl exec ... check liveness`).
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_CONFIG_TEXT",
+        value_name = "TEXT",
+        conflicts_with = "config"
+    )]
+    pub config_text: Option<String>,
     #[arg(long, env = "PROBE_GATEWAY_AGENT", value_name = "URI", value_parser = parse_agent)]
     pub agent: Option<AgentSetting>,
     /// The libvirt daemon of a libvirt:DOMAIN agent.
@@ -111,6 +136,79 @@ pub struct CheckArgs {
 pub struct ValidateArgs {
     #[arg(long, env = "PROBE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// HTTPS address of the webhook (`POST /mutate`).
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_LISTEN",
+        value_name = "ADDR",
+        default_value = "[::]:8443"
+    )]
+    pub listen: SocketAddr,
+    /// Plain HTTP address of /healthz and /metrics.
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_METRICS_LISTEN",
+        value_name = "ADDR",
+        default_value = "[::]:8081"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// The serving certificate (PEM, the chain leaf first); read again when it changes.
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// Settings file (YAML or JSON): image, port, minIntervalSeconds, resources, imagePullSecrets, decisionAnnotation, optOutAnnotation. Flags win over it.
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The gateway image to inject, by digest: REPOSITORY@sha256:HEX.
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_IMAGE", value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The gateway's port in launcher pods [default: 8190].
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// minIntervalSeconds of injected gateways: the age under which a result is answered again rather than a command run in the guest [default: 1].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_MIN_INTERVAL_SECONDS",
+        value_name = "SECONDS"
+    )]
+    pub min_interval_seconds: Option<u32>,
+    /// An image pull secret to add to launcher pods (repeat, or comma-separated).
+    #[arg(
+        long = "image-pull-secret",
+        env = "PROBE_GATEWAY_INJECT_IMAGE_PULL_SECRETS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+    /// The annotation carrying the decision from VMI to pod [default: probe-gateway.kubevirt.io/decision].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_DECISION_ANNOTATION",
+        value_name = "KEY"
+    )]
+    pub decision_annotation: Option<String>,
+    /// The annotation with which a VM or VMI opts out, value "false" [default: probe-gateway.kubevirt.io/inject].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_OPT_OUT_ANNOTATION",
+        value_name = "KEY"
+    )]
+    pub opt_out_annotation: Option<String>,
+    #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds to finish in-flight reviews after SIGTERM [default: 5].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_SHUTDOWN_GRACE",
+        value_name = "SECONDS"
+    )]
+    pub shutdown_grace: Option<u64>,
 }
 
 fn parse_agent(text: &str) -> Result<AgentSetting, String> {
@@ -131,6 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{}", crate::http::openapi::document());
             ExitCode::SUCCESS
         }
+        Command::Inject(args) => inject(args),
     }
 }
 
@@ -163,19 +262,23 @@ fn serve(args: ServeArgs) -> ExitCode {
             Role::Standalone
         },
     };
-    let (file, text) = match &args.config {
-        Some(path) => match config::load_text(path) {
+    let (file, text) = match (&args.config, &args.config_text) {
+        (Some(path), _) => match config::load_text(path) {
             Ok(loaded) => loaded,
             Err(error) => return config_error(&error),
         },
-        None => (GatewayFile::empty(), String::new()),
+        (None, Some(text)) => match config::load_from_text(text) {
+            Ok(file) => (file, String::new()),
+            Err(error) => return config_error(&error),
+        },
+        (None, None) => (GatewayFile::empty(), String::new()),
     };
     let hook_mode = args.kubevirt_hook.then(|| {
         let setup = HookSetup {
             hooks_dir: args.hooks_dir.clone(),
             container_name: args.container_name.clone(),
             add_channel: overrides.agent.is_none() && file.agent.is_none(),
-            checks_from_vmi: args.config.is_none(),
+            checks_from_vmi: args.config.is_none() && args.config_text.is_none(),
         };
         HookMode {
             overrides: Overrides {
@@ -188,10 +291,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     let overrides = hook_mode
         .as_ref()
         .map_or(overrides, |mode| mode.overrides.clone());
-    let shown = args.config.as_ref().map_or_else(
-        || "the command line".to_string(),
-        |p| p.display().to_string(),
-    );
+    let shown = match (&args.config, &args.config_text) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(_)) => config::CONFIG_TEXT_SOURCE.to_string(),
+        (None, None) => "the command line".to_string(),
+    };
     let reload = args.config.clone().map(|path| {
         (
             ConfigSource {
@@ -240,20 +344,27 @@ fn check(args: CheckArgs) -> ExitCode {
         libvirt_uri: args.libvirt_uri,
         ..Overrides::default()
     };
-    let file = match config::load(&args.config) {
+    let (loaded, shown) = match (&args.config, &args.config_text) {
+        (Some(path), _) => (config::load(path), path.display().to_string()),
+        (None, Some(text)) => (
+            config::load_from_text(text),
+            config::CONFIG_TEXT_SOURCE.to_string(),
+        ),
+        (None, None) => {
+            eprintln!("error: give --config FILE or --config-text TEXT");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let file = match loaded {
         Ok(file) => file,
         Err(error) => return config_error(&error),
     };
     let settings = match CheckSettings::resolve(file, &overrides) {
         Ok(settings) => settings,
-        Err(error) => return resolve_error(args.config.display().to_string(), error),
+        Err(error) => return resolve_error(shown, error),
     };
     let Some(spec) = settings.probe(kind).cloned() else {
-        eprintln!(
-            "error: {}: {} is not configured",
-            args.config.display(),
-            kind.field()
-        );
+        eprintln!("error: {shown}: {} is not configured", kind.field());
         return ExitCode::from(EXIT_USAGE);
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -292,4 +403,132 @@ fn validate(args: ValidateArgs) -> ExitCode {
         }
         Err(error) => config_error(&error),
     }
+}
+
+fn inject(args: InjectArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let file = match &args.config {
+        Some(path) => {
+            let read = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+            match read.and_then(|text| {
+                config::parse_inject_file(&text).map_err(|errors| LoadError::Invalid {
+                    path: path.display().to_string(),
+                    errors,
+                })
+            }) {
+                Ok(file) => file,
+                Err(error) => return config_error(&error),
+            }
+        }
+        None => InjectFile::default(),
+    };
+    let flags = match inject_flags(&args) {
+        Ok(flags) => flags,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let settings = match InjectSettings::resolve(file, flags) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            let source = args
+                .config
+                .as_ref()
+                .map_or_else(|| "the command line".into(), |p| p.display().to_string());
+            return config_error(&LoadError::Invalid {
+                path: source,
+                errors,
+            });
+        }
+    };
+    let files = inject::CertificateFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certificate = match inject::ReloadingCertificate::load(files, provider) {
+        Ok(certificate) => Arc::new(certificate),
+        Err(error) => return config_error(&error),
+    };
+    let listen = inject::Listen {
+        webhook: args.listen,
+        metrics: args.metrics_listen,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace.unwrap_or(5)),
+    };
+    tracing::info!(
+        image = settings.image.as_str(),
+        port = settings.port,
+        decision_annotation = %settings.decision_annotation,
+        "injecting"
+    );
+    actix_web::rt::System::new().block_on(async move {
+        let webhook = actix_web::rt::spawn(inject::run(settings, listen, certificate));
+        match webhook.await {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(inject::InjectError::Bind(error))) => config_error(&error),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the webhook failed");
+                ExitCode::from(EXIT_CHECK_FAILED)
+            }
+            Err(error) => {
+                tracing::error!(%error, "the webhook's task failed");
+                ExitCode::from(EXIT_CHECK_FAILED)
+            }
+        }
+    })
+}
+
+/// The settings the command line gives, each checked; every bad flag is reported.
+fn inject_flags(args: &InjectArgs) -> Result<InjectFile, Vec<String>> {
+    let mut errors = Vec::new();
+    let image = match args.image.as_deref().map(config::ImageByDigest::parse) {
+        Some(Ok(image)) => Some(image),
+        Some(Err(why)) => {
+            errors.push(format!("--image: {why}"));
+            None
+        }
+        None => None,
+    };
+    let mut keep = |flag: &str, read: Result<String, String>| {
+        read.map_err(|why| errors.push(format!("{flag}: {why}")))
+            .ok()
+    };
+    let decision_annotation = args
+        .decision_annotation
+        .as_deref()
+        .and_then(|text| keep("--decision-annotation", config::annotation_key(text)));
+    let opt_out_annotation = args
+        .opt_out_annotation
+        .as_deref()
+        .and_then(|text| keep("--opt-out-annotation", config::annotation_key(text)));
+    let mut secrets = Vec::new();
+    for name in &args.image_pull_secrets {
+        if let Some(name) = keep("--image-pull-secret", config::object_name(name)) {
+            secrets.push(name);
+        }
+    }
+    if args.port == Some(0) {
+        errors.push("--port: must be at least 1".to_string());
+    }
+    if args.min_interval_seconds.is_some_and(|s| s > 3600) {
+        errors.push("--min-interval-seconds: must be at most 3600".to_string());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(InjectFile {
+        image,
+        port: args.port,
+        min_interval_seconds: args.min_interval_seconds,
+        resources: None,
+        image_pull_secrets: (!args.image_pull_secrets.is_empty()).then_some(secrets),
+        decision_annotation,
+        opt_out_annotation,
+    })
 }

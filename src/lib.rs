@@ -10,6 +10,8 @@
 //! - [`config`]: the config file (or VM manifest), validated once into domain types.
 //! - [`kubevirt`]: the KubeVirt hook sidecar: hook gRPC services, the domain XML edit that
 //!   gives the gateway its own agent channel, what it knows of its VM.
+//! - [`inject`]: `inject`, the admission webhook that puts the gateway into launcher pods
+//!   and points their probes at it.
 //! - [`reload`]: following the config file (SIGHUP, the directory watch).
 //! - [`cli`] and [`app`]: the command line, and building and running the server.
 //! - [`telemetry`]: logging set-up.
@@ -26,6 +28,7 @@ pub(crate) mod app;
 pub mod cli;
 pub(crate) mod config;
 pub(crate) mod http;
+pub(crate) mod inject;
 pub(crate) mod kubevirt;
 pub(crate) mod metrics;
 pub(crate) mod probe;

@@ -16,9 +16,11 @@
 
 mod agent_setting;
 mod document;
+mod inject;
 mod libvirt;
 mod manifest;
 mod probe_fields;
+mod quantity;
 mod settings;
 mod syntax;
 #[cfg(test)]
@@ -33,7 +35,11 @@ use std::time::Duration;
 
 pub(crate) use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
 pub(crate) use document::parse_document;
+pub(crate) use inject::{
+    ImageByDigest, InjectFile, InjectSettings, annotation_key, object_name, parse_inject_file,
+};
 pub(crate) use libvirt::{LIBVIRT_NOT_BUILT_IN, LibvirtDomain, LibvirtUri};
+pub(crate) use quantity::Quantity;
 pub(crate) use settings::{CheckSettings, Overrides, ResolveError, Role, Settings};
 pub(crate) use vmi::HookedVmi;
 
@@ -309,6 +315,17 @@ pub(crate) enum LoadError {
     },
     #[error("{}", .errors.0.iter().map(|e| format!("{}: {e}", .path)).collect::<Vec<_>>().join("\n"))]
     Invalid { path: String, errors: ConfigErrors },
+}
+
+/// Where `--config-text` (`PROBE_GATEWAY_CONFIG_TEXT`) is named in errors.
+pub(crate) const CONFIG_TEXT_SOURCE: &str = "--config-text";
+
+/// Reads and validates a config given as text (`--config-text`).
+pub(crate) fn load_from_text(text: &str) -> Result<GatewayFile, LoadError> {
+    parse_document(text).map_err(|errors| LoadError::Invalid {
+        path: CONFIG_TEXT_SOURCE.to_string(),
+        errors,
+    })
 }
 
 /// Reads and validates a config file (gateway config, or VM/VMI manifest; YAML or JSON).

@@ -73,9 +73,14 @@ impl Errors {
 
     /// The file when nothing was wrong. Every reader that gives up records why, so a
     /// missing file without errors would be a bug here; it is still reported, not hidden.
-    pub(super) fn finish(mut self, file: Option<GatewayFile>) -> Result<GatewayFile, ConfigErrors> {
-        match file {
-            Some(file) if self.0.is_empty() => Ok(file),
+    pub(super) fn finish(self, file: Option<GatewayFile>) -> Result<GatewayFile, ConfigErrors> {
+        self.finish_with(file)
+    }
+
+    /// [`Errors::finish`] for any document read.
+    pub(super) fn finish_with<T>(mut self, read: Option<T>) -> Result<T, ConfigErrors> {
+        match read {
+            Some(read) if self.0.is_empty() => Ok(read),
             None if self.0.is_empty() => {
                 self.add(&FieldPath::root(), "the document could not be read");
                 Err(ConfigErrors(self.0))

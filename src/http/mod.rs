@@ -29,7 +29,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, web};
 
-pub(crate) use routes::{AppState, count_requests};
+pub(crate) use routes::{AppState, count_requests, not_found};
 pub(crate) use server::{Drained, HttpServer};
 
 /// The gateway's app: the routes, the request counter, `state`. The server and the
@@ -71,7 +71,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
 }
 
 /// `path` served by `handler` for GET and HEAD (actix drops HEAD's body), 405 otherwise.
-fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(crate) fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,

@@ -233,7 +233,7 @@ pub(super) async fn method_not_allowed_get(request: HttpRequest) -> HttpResponse
     .error_response()
 }
 
-pub(super) async fn not_found(request: HttpRequest) -> HttpResponse {
+pub(crate) async fn not_found(request: HttpRequest) -> HttpResponse {
     ApiErrorResponse {
         error: ApiError::NotFound,
         json: accepts_json(&request),

@@ -19,8 +19,8 @@ use actix_http::body::MessageBody;
 use actix_http::error::DispatchError;
 use actix_http::{HttpService, KeepAlive, Protocol, Request};
 use actix_service::{IntoServiceFactory, Service, ServiceFactory, fn_factory};
-use actix_web::dev::{AppConfig, ServiceResponse};
-use actix_web::rt::net::TcpListener;
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
+use actix_web::rt::net::{TcpListener, TcpStream};
 use actix_web::web;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -55,6 +55,26 @@ pub(crate) struct HttpServer {
     task: JoinHandle<io::Result<Drained>>,
 }
 
+/// How an accepted TCP connection becomes the stream HTTP is served over: as it is
+/// ([`PlainTcp`]), or after a TLS handshake (the admission webhook's).
+pub(crate) trait Handshake: Clone + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    fn handshake(&self, tcp: TcpStream)
+    -> impl Future<Output = io::Result<Self::Stream>> + 'static;
+}
+
+/// Plain HTTP.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlainTcp;
+
+impl Handshake for PlainTcp {
+    type Stream = TcpStream;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<TcpStream>> + 'static {
+        std::future::ready(Ok(tcp))
+    }
+}
+
 impl HttpServer {
     /// Serves `listener` with the gateway's app until [`HttpServer::stop`].
     pub(crate) fn start(
@@ -62,10 +82,32 @@ impl HttpServer {
         state: web::Data<AppState>,
         grace: Duration,
     ) -> io::Result<HttpServer> {
+        Self::serve(listener, move || super::app(state), PlainTcp, grace)
+    }
+
+    /// Serves `listener` with the app `app` builds, over `handshake`'s streams, until
+    /// [`HttpServer::stop`].
+    pub(crate) fn serve<T, B, H>(
+        listener: std::net::TcpListener,
+        app: impl FnOnce() -> actix_web::App<T> + 'static,
+        handshake: H,
+        grace: Duration,
+    ) -> io::Result<HttpServer>
+    where
+        T: ServiceFactory<
+                ServiceRequest,
+                Config = (),
+                Response = ServiceResponse<B>,
+                Error = actix_web::Error,
+                InitError = (),
+            > + 'static,
+        B: MessageBody + 'static,
+        H: Handshake,
+    {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
         let (stop, stopping) = watch::channel(false);
-        let task = actix_web::rt::spawn(serve(listener, state, stopping, grace));
+        let task = actix_web::rt::spawn(serve(listener, app, handshake, stopping, grace));
         Ok(HttpServer { stop, task })
     }
 
@@ -87,16 +129,28 @@ impl HttpServer {
     }
 }
 
-async fn serve(
+async fn serve<T, B, H>(
     listener: TcpListener,
-    state: web::Data<AppState>,
+    app: impl FnOnce() -> actix_web::App<T>,
+    handshake: H,
     mut stopping: watch::Receiver<bool>,
     grace: Duration,
-) -> io::Result<Drained> {
+) -> io::Result<Drained>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+    H: Handshake,
+{
     // The app (routes, middleware, state) is built once and shared by every connection;
     // only actix-http's service around it comes and goes with the connections.
     let app = Rc::new(
-        super::app(state)
+        app()
             .into_factory()
             .new_service(AppConfig::default())
             .await
@@ -118,8 +172,14 @@ async fn serve(
                         .for_connection(|| connection_service(Rc::clone(&app), closing.clone()))
                         .await?;
                     // The peer address is not used: no getpeername per connection.
+                    let handshake = handshake.clone();
                     connections.spawn_local(async move {
-                        let _ = service.call((stream, Protocol::Http1, None)).await;
+                        match handshake.handshake(stream).await {
+                            Ok(stream) => {
+                                let _ = service.call((stream, Protocol::Http1, None)).await;
+                            }
+                            Err(error) => tracing::debug!(%error, "handshake failed"),
+                        }
                     });
                 }
                 // One client's connection failed before it was accepted: nothing to do.

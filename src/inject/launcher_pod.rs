@@ -1,0 +1,451 @@
+//! The launcher pod's patch: the gateway as a native sidecar, and the compute container's
+//! `virt-probe` exec probes pointed at it, in one JSON Patch built against the pod's JSON
+//! as it came (paths into that JSON, values for what is added), never by re-serializing a
+//! typed pod, which would drop the fields a typed struct does not know.
+//!
+//! The gateway container (docs/inject.md, "What the pod gets"):
+//! - an init container with `restartPolicy: Always` (a native sidecar, Kubernetes 1.29+):
+//!   kubelet restarts it if it ends, and stops it after compute; KubeVirt's pod-readiness
+//!   and image-error checks look at main containers only, so it cannot hold the VM back;
+//! - `virt-probe-gateway-libvirt serve` on the decided port, the checks read from the
+//!   compute container's `virt-probe` lines (in `PROBE_GATEWAY_CONFIG_TEXT`), the domain
+//!   `<namespace>_<vmi name>`;
+//! - the pod's `libvirt-runtime` volume at `/var/run/libvirt`, as the compute container's
+//!   user (107), every capability dropped, no privilege escalation, a read-only root;
+//! - explicit requests and limits, equal when the pod is to be Guaranteed.
+
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
+use jsonptr::PointerBuf;
+use serde_json::{Map, Value, json};
+
+use super::decision::Decision;
+use super::eligibility::Malformed;
+use super::virt_probe::{self, NotVirtProbe, VirtProbeCheck, VirtProbeLine};
+use crate::config::{self, InjectSettings, ProbeKind, Quantity};
+
+/// The injected container's name.
+pub(crate) const CONTAINER_NAME: &str = "probe-gateway";
+/// The compute container, where KubeVirt renders the VMI's probes.
+const COMPUTE: &str = "compute";
+/// The launcher pod's volume holding libvirt's socket, and where compute mounts it.
+const LIBVIRT_VOLUME: &str = "libvirt-runtime";
+const LIBVIRT_MOUNT: &str = "/var/run/libvirt";
+/// The libvirt gateway in the image.
+const GATEWAY_BINARY: &str = "/usr/local/bin/virt-probe-gateway-libvirt";
+/// The environment variable that carries the gateway's config to it.
+pub(crate) const CONFIG_ENV: &str = "PROBE_GATEWAY_CONFIG_TEXT";
+/// KubeVirt's annotation on launcher pods: the VMI's name.
+const DOMAIN_ANNOTATION: &str = "kubevirt.io/domain";
+/// KubeVirt's annotation on its temporary provisioning pods (not a VM's launcher).
+const EPHEMERAL_ANNOTATION: &str = "kubevirt.io/ephemeral-provisioning";
+
+/// What the webhook does with a launcher pod.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PodOutcome {
+    /// Patched: the patch and what it did, for the log.
+    Injected { patch: Patch, summary: String },
+    /// Left as it is, with nothing to say (already injected, not decided for injection).
+    Unchanged(&'static str),
+    /// Left as it is, and why, as a warning: it was decided for injection, or cannot be
+    /// read.
+    Skipped(String),
+}
+
+/// The outcome for the pod `pod` of namespace `namespace`.
+pub(crate) fn inject(pod: &Value, namespace: &str, settings: &InjectSettings) -> PodOutcome {
+    match plan(pod, namespace, settings) {
+        Ok(outcome) => outcome,
+        Err(malformed) => PodOutcome::Skipped(format!("cannot read the pod: {malformed}")),
+    }
+}
+
+fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOutcome, Malformed> {
+    let pod = object(pod, "")?;
+    let metadata = object_at(pod, "metadata", "")?;
+    let annotations = match metadata.get("annotations") {
+        None | Some(Value::Null) => Map::new(),
+        Some(value) => object(value, "metadata.annotations")?.clone(),
+    };
+    if annotations.contains_key(EPHEMERAL_ANNOTATION) {
+        return Ok(PodOutcome::Unchanged("a temporary provisioning pod"));
+    }
+    let Some(decided) = annotations.get(&settings.decision_annotation) else {
+        return Ok(PodOutcome::Unchanged("no decision on its VMI"));
+    };
+    let decision = match decided.as_str().map(Decision::from_annotation) {
+        Some(Ok(decision)) => decision,
+        Some(Err(error)) => {
+            return Ok(PodOutcome::Skipped(format!(
+                "the decision annotation {} is {error}",
+                settings.decision_annotation
+            )));
+        }
+        None => {
+            return Err(malformed(
+                &format!("metadata.annotations[{:?}]", settings.decision_annotation),
+                "not a string",
+            ));
+        }
+    };
+    let Some(port) = decision.port.filter(|_| decision.inject) else {
+        return Ok(PodOutcome::Unchanged(
+            "its VMI was decided against injection",
+        ));
+    };
+    let spec = object_at(pod, "spec", "")?;
+    let containers = array_at(spec, "containers", "spec")?;
+    let init_containers = array_at(spec, "initContainers", "spec")?;
+    for (list, field) in [
+        (containers, "containers"),
+        (init_containers, "initContainers"),
+    ] {
+        for (i, container) in list.iter().enumerate() {
+            let path = format!("spec.{field}[{i}]");
+            if text_at(object(container, &path)?, "name", &path)? == CONTAINER_NAME {
+                return Ok(PodOutcome::Unchanged("already injected"));
+            }
+        }
+    }
+    let skip = |why: String| Ok(PodOutcome::Skipped(why));
+    let Some(compute_index) = containers
+        .iter()
+        .position(|c| c.get("name").and_then(Value::as_str) == Some(COMPUTE))
+    else {
+        return skip("it has no compute container".into());
+    };
+    let compute_path = format!("spec.containers[{compute_index}]");
+    let compute = object(&containers[compute_index], &compute_path)?;
+
+    let Some(vmi_name) = annotations.get(DOMAIN_ANNOTATION).and_then(Value::as_str) else {
+        return skip(format!(
+            "it has no {DOMAIN_ANNOTATION} annotation naming its VMI"
+        ));
+    };
+    let domain = format!("{namespace}_{vmi_name}");
+
+    let volumes = array_at(spec, "volumes", "spec")?;
+    let has_libvirt_volume = volumes
+        .iter()
+        .any(|v| v.get("name").and_then(Value::as_str) == Some(LIBVIRT_VOLUME));
+    if !has_libvirt_volume {
+        return skip(format!(
+            "it has no {LIBVIRT_VOLUME} volume, where libvirt's socket is"
+        ));
+    }
+
+    let Some((uid, gid)) = compute_user(spec, compute, &compute_path)? else {
+        return skip("cannot tell which user the compute container runs as".into());
+    };
+    if uid == 0 {
+        return skip(
+            "the VMI runs as root (KubeVirt's Root feature gate): libvirt's socket is then \
+             root's, and the gateway is not run as root"
+                .into(),
+        );
+    }
+
+    // The probes: each virt-probe exec probe becomes the gateway's check.
+    let mut checks = Map::new();
+    let mut rewritten = Vec::new();
+    for kind in ProbeKind::ALL {
+        let field = kind.field();
+        let Some(probe) = compute.get(field).filter(|p| !p.is_null()) else {
+            continue;
+        };
+        let probe_path = format!("{compute_path}.{field}");
+        let probe = object(probe, &probe_path)?;
+        let Some(exec) = probe.get("exec").filter(|e| !e.is_null()) else {
+            continue; // httpGet, tcpSocket: KubeVirt's own, left alone.
+        };
+        let command = strings_at(
+            object(exec, &format!("{probe_path}.exec"))?,
+            "command",
+            &format!("{probe_path}.exec"),
+        )?;
+        let line = match virt_probe::read(&command) {
+            Ok(line) => line,
+            Err(NotVirtProbe::OtherProgram) => continue,
+            Err(NotVirtProbe::Unreadable(why)) => {
+                return skip(format!("its {field} virt-probe line does not read: {why}"));
+            }
+        };
+        if line.domain != domain {
+            return skip(format!(
+                "its {field} probes domain {:?}, not the VMI's {domain:?}",
+                line.domain
+            ));
+        }
+        checks.insert(field.to_string(), check(&line));
+        rewritten.push(kind);
+    }
+    if rewritten.is_empty() {
+        return Ok(PodOutcome::Unchanged("no virt-probe probe to take over"));
+    }
+
+    let mut gateway_config = Map::new();
+    gateway_config.insert("agent".into(), json!(format!("libvirt:{domain}")));
+    gateway_config.insert(
+        "minIntervalSeconds".into(),
+        json!(settings.min_interval_seconds),
+    );
+    gateway_config.extend(checks);
+    let config_text = Value::Object(gateway_config).to_string();
+    // What the gateway will read, read now: a check it would refuse is not injected.
+    if let Err(errors) = config::parse_document(&config_text) {
+        return skip(format!(
+            "the checks would not be valid for the gateway: {errors}"
+        ));
+    }
+
+    let guaranteed = wants_guaranteed(compute, &compute_path)?;
+    let container = gateway_container(settings, port, uid, gid, &config_text, guaranteed);
+    let mut operations = Vec::new();
+    let add = |path: String, value: Value| {
+        PatchOperation::Add(AddOperation {
+            path: pointer(&path),
+            value,
+        })
+    };
+    if spec.get("initContainers").is_none_or(Value::is_null) {
+        operations.push(add("/spec/initContainers".into(), json!([container])));
+    } else {
+        operations.push(add("/spec/initContainers/-".into(), container));
+    }
+    for kind in &rewritten {
+        let probe = format!("/spec/containers/{compute_index}/{}", kind.field());
+        operations.push(PatchOperation::Remove(RemoveOperation {
+            path: pointer(&format!("{probe}/exec")),
+        }));
+        let path = match kind {
+            ProbeKind::Readiness => "/ready",
+            ProbeKind::Liveness => "/live",
+        };
+        operations.push(add(
+            format!("{probe}/httpGet"),
+            json!({"path": path, "port": port, "scheme": "HTTP"}),
+        ));
+    }
+    let secrets = array_at(spec, "imagePullSecrets", "spec")?;
+    let missing: Vec<&String> = settings
+        .image_pull_secrets
+        .iter()
+        .filter(|name| {
+            !secrets
+                .iter()
+                .any(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        })
+        .collect();
+    if spec.get("imagePullSecrets").is_none_or(Value::is_null) && !missing.is_empty() {
+        let all: Vec<Value> = missing.iter().map(|name| json!({"name": name})).collect();
+        operations.push(add("/spec/imagePullSecrets".into(), Value::Array(all)));
+    } else {
+        for name in missing {
+            operations.push(add(
+                "/spec/imagePullSecrets/-".into(),
+                json!({"name": name}),
+            ));
+        }
+    }
+    let probes: Vec<&str> = rewritten.iter().map(|kind| kind.as_str()).collect();
+    Ok(PodOutcome::Injected {
+        patch: Patch(operations),
+        summary: format!(
+            "the gateway answers its {} probe on port {port} for domain {domain}",
+            probes.join(" and ")
+        ),
+    })
+}
+
+/// The gateway config's probe for a virt-probe line: its check and timeout. kubelet keeps
+/// the pod probe's own period, thresholds and (1 s longer) timeout.
+fn check(line: &VirtProbeLine) -> Value {
+    let handler = match &line.check {
+        VirtProbeCheck::GuestAgentPing => json!({"guestAgentPing": {}}),
+        VirtProbeCheck::Exec(command) => json!({"exec": {"command": command}}),
+    };
+    let mut probe = handler;
+    probe["timeoutSeconds"] = json!(line.timeout_seconds);
+    probe
+}
+
+fn gateway_container(
+    settings: &InjectSettings,
+    port: u16,
+    uid: i64,
+    gid: i64,
+    config_text: &str,
+    guaranteed: bool,
+) -> Value {
+    let resources = &settings.resources;
+    let requests = if guaranteed {
+        &resources.limits
+    } else {
+        &resources.requests
+    };
+    let quantity = |q: &Quantity| json!(q.as_str());
+    json!({
+        "name": CONTAINER_NAME,
+        "image": settings.image.as_str(),
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": [GATEWAY_BINARY],
+        "args": ["serve", "--listen", format!("[::]:{port}"), "--log-format", "json"],
+        "env": [{"name": CONFIG_ENV, "value": config_text}],
+        "ports": [{"name": CONTAINER_NAME, "containerPort": port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": quantity(&requests.cpu), "memory": quantity(&requests.memory)},
+            "limits": {"cpu": quantity(&resources.limits.cpu), "memory": quantity(&resources.limits.memory)},
+        },
+        "securityContext": {
+            "runAsUser": uid,
+            "runAsGroup": gid,
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": LIBVIRT_VOLUME, "mountPath": LIBVIRT_MOUNT}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// The compute container's user and group (its own security context, else the pod's); a
+/// missing group is the user's, as KubeVirt sets both to 107.
+fn compute_user(
+    spec: &Map<String, Value>,
+    compute: &Map<String, Value>,
+    compute_path: &str,
+) -> Result<Option<(i64, i64)>, Malformed> {
+    let read =
+        |context: Option<&Value>, path: &str, field: &str| -> Result<Option<i64>, Malformed> {
+            let Some(context) = context.filter(|c| !c.is_null()) else {
+                return Ok(None);
+            };
+            match object(context, path)?.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(value) => value
+                    .as_i64()
+                    .map(Some)
+                    .ok_or_else(|| malformed(&format!("{path}.{field}"), "not an integer")),
+            }
+        };
+    let own = compute.get("securityContext");
+    let own_path = format!("{compute_path}.securityContext");
+    let pods = spec.get("securityContext");
+    let uid = match read(own, &own_path, "runAsUser")? {
+        Some(uid) => Some(uid),
+        None => read(pods, "spec.securityContext", "runAsUser")?,
+    };
+    let gid = match read(own, &own_path, "runAsGroup")? {
+        Some(gid) => Some(gid),
+        None => read(pods, "spec.securityContext", "runAsGroup")?,
+    };
+    Ok(uid.map(|uid| (uid, gid.unwrap_or(uid))))
+}
+
+/// Whether the pod is meant to be Guaranteed: KubeVirt gives compute requests equal to
+/// limits (cpu and memory) exactly when the VMI has dedicated CPUs or wants Guaranteed QoS,
+/// and then every container must have them equal, or the VMI fails to start.
+fn wants_guaranteed(compute: &Map<String, Value>, path: &str) -> Result<bool, Malformed> {
+    let Some(resources) = compute.get("resources").filter(|r| !r.is_null()) else {
+        return Ok(false);
+    };
+    let path = format!("{path}.resources");
+    let resources = object(resources, &path)?;
+    let side = |name: &str, resource: &str| -> Result<Option<Quantity>, Malformed> {
+        let Some(side) = resources.get(name).filter(|s| !s.is_null()) else {
+            return Ok(None);
+        };
+        let side = object(side, &format!("{path}.{name}"))?;
+        match side.get(resource) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => {
+                let text = value.as_str().ok_or_else(|| {
+                    malformed(&format!("{path}.{name}.{resource}"), "not a string")
+                })?;
+                Quantity::parse(text)
+                    .map(Some)
+                    .map_err(|why| malformed(&format!("{path}.{name}.{resource}"), &why))
+            }
+        }
+    };
+    for resource in ["cpu", "memory"] {
+        match (side("requests", resource)?, side("limits", resource)?) {
+            (Some(request), Some(limit)) if request == limit => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// `path` as a JSON Pointer (its segments are already escaped where needed).
+fn pointer(path: &str) -> PointerBuf {
+    PointerBuf::parse(path).unwrap_or_default()
+}
+
+fn malformed(path: &str, what: &str) -> Malformed {
+    Malformed {
+        path: if path.is_empty() {
+            "the object".into()
+        } else {
+            path.to_string()
+        },
+        what: what.to_string(),
+    }
+}
+
+fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, Malformed> {
+    value
+        .as_object()
+        .ok_or_else(|| malformed(path, "not an object"))
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn object_at<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<&'a Map<String, Value>, Malformed> {
+    match map.get(field) {
+        Some(value) => object(value, &join(path, field)),
+        None => Err(malformed(&join(path, field), "missing")),
+    }
+}
+
+fn array_at<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<&'a [Value], Malformed> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(malformed(&join(path, field), "not a list")),
+    }
+}
+
+fn text_at<'a>(map: &'a Map<String, Value>, field: &str, path: &str) -> Result<&'a str, Malformed> {
+    map.get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed(&join(path, field), "not a string"))
+}
+
+fn strings_at(map: &Map<String, Value>, field: &str, path: &str) -> Result<Vec<String>, Malformed> {
+    let items = array_at(map, field, path)?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| malformed(&format!("{}[{i}]", join(path, field)), "not a string"))
+        })
+        .collect()
+}
