@@ -9,7 +9,7 @@
 //! ignored: they must not wake the gateway), and a read whose text is the same as the one
 //! in force changes nothing.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,17 +249,28 @@ pub(crate) struct ConfigWatch {
 
 impl ConfigWatch {
     pub(crate) fn start(path: &Path) -> Result<ConfigWatch, notify::Error> {
-        let dir = match path.parent() {
+        Self::start_files(&[path])
+    }
+
+    /// One watch for files of one directory (the webhook's certificate and key): a change
+    /// of any of them, or of the volume's `..` entries, is one change. `paths` must share
+    /// their directory; the first one's is watched.
+    pub(crate) fn start_files(paths: &[&Path]) -> Result<ConfigWatch, notify::Error> {
+        let dir = match paths.first().and_then(|path| path.parent()) {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().unwrap_or_default().to_os_string();
+        let names: Vec<OsString> = paths
+            .iter()
+            .map(|path| path.file_name().unwrap_or_default().to_os_string())
+            .collect();
         let (tx, events) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) => {
                     if !event.kind.is_access()
-                        && (event.need_rescan() || concerns_config(&event.paths, &name))
+                        && (event.need_rescan()
+                            || names.iter().any(|name| concerns_config(&event.paths, name)))
                     {
                         let _ = tx.send(());
                     }

@@ -145,27 +145,31 @@ pub(crate) async fn run(
 /// logged, and the process keeps serving until stopped).
 async fn watch_certificate(certificate: Arc<ReloadingCertificate>, metrics: Arc<InjectMetrics>) {
     let files = certificate.files().clone();
-    let mut cert_watch = match ConfigWatch::start(&files.cert) {
-        Ok(watch) => Some(watch),
-        Err(error) => {
-            tracing::warn!(%error, path = %files.cert.display(), "cannot watch the certificate; it will not be reloaded");
-            None
-        }
-    };
-    let mut key_watch = match ConfigWatch::start(&files.key) {
-        Ok(watch) => Some(watch),
-        Err(error) => {
-            tracing::warn!(%error, path = %files.key.display(), "cannot watch the key; it will not be reloaded");
-            None
-        }
-    };
-    if cert_watch.is_none() && key_watch.is_none() {
+    // One watch per directory: a Secret volume holds both files, and one swap of its
+    // `..data` link is one reload.
+    let watches: Vec<ConfigWatch> = if files.cert.parent() == files.key.parent() {
+        vec![ConfigWatch::start_files(&[&files.cert, &files.key])]
+    } else {
+        vec![ConfigWatch::start(&files.cert), ConfigWatch::start(&files.key)]
+    }
+    .into_iter()
+    .filter_map(|watch| {
+        watch
+            .map_err(|error| {
+                tracing::warn!(%error, cert = %files.cert.display(), "cannot watch the certificate's files; a renewal needs a restart");
+            })
+            .ok()
+    })
+    .collect();
+    let mut watches = watches.into_iter();
+    let (mut first, mut second) = (watches.next(), watches.next());
+    if first.is_none() {
         return std::future::pending().await;
     }
     loop {
         let changed = tokio::select! {
-            changed = or_never(cert_watch.as_mut()) => changed,
-            changed = or_never(key_watch.as_mut()) => changed,
+            changed = or_never(first.as_mut()) => changed,
+            changed = or_never(second.as_mut()) => changed,
         };
         if changed.is_none() {
             return std::future::pending().await;

@@ -15,32 +15,24 @@ const DECISION: &str = "probe-gateway.kubevirt.io/decision";
 /// A change to a fixture.
 type Edit = fn(&mut Value);
 
+/// tests/inject/fixtures/review.json (as the apiserver sends one) for `object`.
 fn review_body(group: &str, kind: &str, operation: &str, object: &Value) -> Vec<u8> {
-    let version = "v1";
     let resource = match kind {
         "Pod" => "pods",
         "VirtualMachine" => "virtualmachines",
         _ => "virtualmachineinstances",
     };
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": group, "version": version, "kind": kind},
-            "resource": {"group": group, "version": version, "resource": resource},
-            "requestKind": {"group": group, "version": version, "kind": kind},
-            "requestResource": {"group": group, "version": version, "resource": resource},
-            "namespace": "default",
-            "operation": operation,
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller"},
-            "object": object,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }
-    }))
-    .unwrap()
+    let mut review = fixture("review.json");
+    let request = &mut review["request"];
+    for field in ["kind", "requestKind"] {
+        request[field] = json!({"group": group, "version": "v1", "kind": kind});
+    }
+    for field in ["resource", "requestResource"] {
+        request[field] = json!({"group": group, "version": "v1", "resource": resource});
+    }
+    request["operation"] = json!(operation);
+    request["object"] = object.clone();
+    serde_json::to_vec(&review).unwrap()
 }
 
 /// The review's answer: the response, and the object with its patch applied.

@@ -178,3 +178,189 @@ fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/virt-probe-gateway\"]"));
     assert!(dockerfile.contains("CMD [\"serve\"]"));
 }
+
+/// The objects of deploy/inject/injector.yaml, by kind.
+fn injector_objects() -> Vec<Value> {
+    let text = std::fs::read_to_string(repo().join("deploy/inject/injector.yaml")).expect("read");
+    serde_saphyr::from_multiple(&text).expect("YAML documents")
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in deploy/inject/injector.yaml"))
+}
+
+/// The injector's install: no API access asked for, never in the way of a VM (Ignore,
+/// no side effects), the webhooks cover what the injector decides on and injects into,
+/// and the Service, Deployment, certificate and webhook configuration agree on names
+/// and ports.
+#[test]
+fn the_injector_manifests_follow_the_deployment_rules() {
+    let objects = injector_objects();
+    for kind in ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"] {
+        assert!(
+            objects.iter().all(|o| o["kind"] != kind),
+            "the injector needs no {kind}"
+        );
+    }
+    let deployment = object(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[0], "inject");
+    assert!(args.contains(&"--listen=[::]:8443"));
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let ports: Vec<(&str, u64)> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(ports.contains(&("webhook", 8443)) && ports.contains(&("metrics", 8081)));
+    let image = container["image"].as_str().unwrap();
+    assert!(
+        image.contains("@sha256:"),
+        "the injector's image by digest: {image}"
+    );
+
+    let service = object(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+    let namespace = service["metadata"]["namespace"].as_str().unwrap();
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    let certificate = object(&objects, "Certificate");
+    assert_eq!(
+        certificate["spec"]["dnsNames"][0],
+        format!("{service_name}.{namespace}.svc")
+    );
+    let secret = certificate["spec"]["secretName"].as_str().unwrap();
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == secret),
+        "the Deployment mounts the certificate's Secret"
+    );
+
+    let configuration = object(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(
+        configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        format!(
+            "{namespace}/{}",
+            certificate["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    let mut covered = Vec::new();
+    for webhook in configuration["webhooks"].as_array().unwrap() {
+        let name = webhook["name"].as_str().unwrap();
+        assert_eq!(
+            webhook["failurePolicy"], "Ignore",
+            "{name}: never in a VM's way"
+        );
+        assert_eq!(webhook["sideEffects"], "None", "{name}");
+        assert_eq!(
+            webhook["admissionReviewVersions"],
+            serde_json::json!(["v1"]),
+            "{name}"
+        );
+        assert_eq!(
+            webhook["namespaceSelector"]["matchLabels"]["probe-gateway.kubevirt.io/inject"],
+            "enabled",
+            "{name}"
+        );
+        let client = &webhook["clientConfig"]["service"];
+        assert_eq!(
+            (client["name"].as_str(), client["namespace"].as_str()),
+            (Some(service_name), Some(namespace))
+        );
+        assert_eq!(client["path"], "/mutate");
+        for rule in webhook["rules"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for operation in rule["operations"].as_array().unwrap() {
+                    covered.push(format!(
+                        "{} {}",
+                        operation.as_str().unwrap(),
+                        resource.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+        if webhook["rules"][0]["resources"][0] == "pods" {
+            assert_eq!(
+                webhook["objectSelector"]["matchLabels"]["kubevirt.io"], "virt-launcher",
+                "only launcher pods reach the injector"
+            );
+        }
+    }
+    covered.sort();
+    assert_eq!(
+        covered,
+        [
+            "CREATE pods",
+            "CREATE virtualmachineinstances",
+            "CREATE virtualmachines",
+            "UPDATE virtualmachineinstances",
+            "UPDATE virtualmachines",
+        ]
+    );
+}
+
+/// The settings in the ConfigMap are read by the injector's own parser: only the missing
+/// certificate stops it.
+#[test]
+fn the_injector_settings_in_deploy_are_accepted() {
+    let objects = injector_objects();
+    let settings = object(&objects, "ConfigMap")["data"]["inject.yaml"]
+        .as_str()
+        .expect("inject.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inject.yaml");
+    std::fs::write(&path, settings).unwrap();
+    let (code, _, stderr) = run_cli(
+        &[
+            "inject",
+            "--config",
+            &path.display().to_string(),
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.starts_with("error: --tls-cert /nonexistent/tls.crt: "),
+        "only the certificate is missing: {stderr}"
+    );
+}
+
+/// The zero-touch example is a stock VM the injector decides for: exec and
+/// guestAgentPing probes, a masquerade interface with ports outside the gateway's.
+#[test]
+fn the_zero_touch_example_is_a_stock_vm_the_injector_takes() {
+    let text = std::fs::read_to_string(repo().join("deploy/inject/vm-zero-touch.yaml")).unwrap();
+    assert!(!text.contains("probe-gateway.kubevirt.io/probes"));
+    assert!(!text.contains("hooks.kubevirt.io"));
+    let path = repo().join("deploy/inject/vm-zero-touch.yaml");
+    let (code, stdout, stderr) =
+        run_cli(&["validate", "--config", &path.display().to_string()], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("VirtualMachine (checks from its probes)"),
+        "{stdout}"
+    );
+}

@@ -20,6 +20,7 @@ mod cli;
 mod deploy;
 mod faults;
 mod http_api;
+mod inject;
 mod kubevirt_hook;
 mod lifecycle;
 mod linkage;

@@ -20,7 +20,7 @@ pub const SECOND: Duration = Duration::from_secs(1);
 pub const SLACK: Duration = Duration::from_millis(500);
 
 /// The libvirt binary; in CI (scripts/test.sh builds it first) a missing one fails.
-fn libvirt_binary() -> PathBuf {
+pub fn libvirt_binary() -> PathBuf {
     let binary = std::env::var_os("VPG_LIBVIRT_GATEWAY").map_or_else(
         || {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,9 +78,24 @@ impl LibvirtGateway {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> LibvirtGateway {
+        Self::spawn_without(libvirt, binary, args, env, &[])
+    }
+
+    /// [`LibvirtGateway::spawn`], with the variables `unset` removed from the session's
+    /// environment (a container has none of the session's XDG directories).
+    pub fn spawn_without(
+        libvirt: &LibvirtSession,
+        binary: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        unset: &[&str],
+    ) -> LibvirtGateway {
         let binary = libvirt.reachable_copy(binary);
-        let mut child = libvirt
-            .command(binary)
+        let mut command = libvirt.command(binary);
+        for name in unset {
+            command.env_remove(name);
+        }
+        let mut child = command
             .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")

@@ -26,8 +26,14 @@ mod qga_client;
 #[allow(dead_code)]
 mod hook_support;
 
+// The admission webhook and its HTTPS client: the API tests' own.
+#[path = "../api/support/webhook.rs"]
+#[allow(dead_code)]
+mod webhook;
+
 mod gateway;
 mod harness;
 mod hook;
+mod inject;
 mod migration;
 mod session;
