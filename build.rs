@@ -1,14 +1,15 @@
-//! Compiles KubeVirt's hook-sidecar protocol (`proto/kubevirt/hooks/*.proto`) into the
+//! Compiles KubeVirt's hook-sidecar and plugin protocols (`proto/kubevirt/hooks/`) into the
 //! gRPC server code of `src/kubevirt/`. `protox` parses the .proto files in Rust, so the
 //! build needs no `protoc` on the machine or in the image.
 //!
 //! With the `swagger-ui` feature, also extracts the few files `/docs/` serves from the
 //! Swagger UI release vendored in `utoipa-swagger-ui-vendored` (nothing is downloaded).
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "proto/kubevirt/hooks/info.proto",
     "proto/kubevirt/hooks/v1alpha2.proto",
     "proto/kubevirt/hooks/v1alpha3.proto",
+    "proto/kubevirt/hooks/plugins/v1alpha1/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

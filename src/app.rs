@@ -89,6 +89,7 @@ impl Application {
         if !waits {
             in_force.put(settings.checks, &metrics);
         }
+        let hook_call = hook_mode.as_ref().map(|mode| mode.setup.definition_call());
         let hook = match hook_mode {
             Some(HookMode { setup, overrides }) => {
                 let (events_tx, events) = mpsc::unbounded_channel();
@@ -110,10 +111,9 @@ impl Application {
                 address: local_addr,
                 source,
             })?;
-        let checks_from = if waits {
-            "the VMI, at OnDefineDomain"
-        } else {
-            "the config"
+        let checks_from = match (&hook_call, waits) {
+            (Some(call), true) => format!("the VMI, at {call}"),
+            _ => "the config".to_string(),
         };
         tracing::info!(address = %local_addr, %agent, checks_from, "listening");
         Ok(Application {

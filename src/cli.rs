@@ -21,6 +21,8 @@ use crate::config::{
 };
 use crate::inject;
 use crate::kubevirt::HookSetup;
+use crate::kubevirt::hook::HookPlace;
+use crate::kubevirt::plugin::PluginSocket;
 use crate::metrics::Metrics;
 use crate::probe::ProbeRunner;
 use crate::reload::ConfigSource;
@@ -61,7 +63,7 @@ pub struct ServeArgs {
         long,
         env = "PROBE_GATEWAY_CONFIG",
         value_name = "FILE",
-        required_unless_present_any = ["kubevirt_hook", "config_text"]
+        required_unless_present_any = ["kubevirt_hook", "kubevirt_plugin", "config_text"]
     )]
     pub config: Option<PathBuf>,
     /// The config itself (YAML or JSON) instead of a file: how the admission webhook gives an injected gateway its checks. Not reloaded.
@@ -75,6 +77,16 @@ pub struct ServeArgs {
     /// Run as a KubeVirt hook sidecar: serve KubeVirt's hook gRPC services in --hooks-dir, add a private agent channel to the VM at OnDefineDomain, take the checks from the VMI's probe-gateway.kubevirt.io/probes annotation, and exit 0 at the Shutdown hook.
     #[arg(long, env = "PROBE_GATEWAY_KUBEVIRT_HOOK")]
     pub kubevirt_hook: bool,
+    /// Run as a KubeVirt 1.9 plugin sidecar (the Plugins feature gate): serve DomainHookService/MutateDomain on --plugin-socket, add the private agent channel beside it at each definition, take the checks from the VMI (or --config/--config-text). The guest must run a second qemu-ga on org.qemu.guest_agent.1.
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_KUBEVIRT_PLUGIN",
+        conflicts_with = "kubevirt_hook"
+    )]
+    pub kubevirt_plugin: bool,
+    /// The plugin's socket, as the Plugin resource names it and this container mounts it: under /var/run/kubevirt-plugin/<plugin>/, ending in .sock (plugin mode).
+    #[arg(long, env = "PROBE_GATEWAY_PLUGIN_SOCKET", value_name = "PATH", default_value = crate::kubevirt::plugin::DEFAULT_PLUGIN_SOCKET)]
+    pub plugin_socket: PathBuf,
     /// The hooks directory, as mounted in this container (hook mode).
     #[arg(long, env = "PROBE_GATEWAY_HOOKS_DIR", value_name = "DIR", default_value = crate::kubevirt::hook::KUBEVIRT_HOOKS_DIR)]
     pub hooks_dir: PathBuf,
@@ -200,6 +212,9 @@ pub struct InjectArgs {
         value_name = "KEY"
     )]
     pub opt_out_annotation: Option<String>,
+    /// The annotation with which a VM or VMI chooses its road, "libvirt" or "plugin", over its namespace's [default: probe-gateway.kubevirt.io/road].
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_ROAD_ANNOTATION", value_name = "KEY")]
+    pub road_annotation: Option<String>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds to finish in-flight reviews after SIGTERM [default: 5].
@@ -256,7 +271,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         libvirt_uri: args.libvirt_uri,
         shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
         default_agent: None,
-        role: if args.kubevirt_hook {
+        role: if args.kubevirt_hook || args.kubevirt_plugin {
             Role::HookSidecar
         } else {
             Role::Standalone
@@ -273,10 +288,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, None) => (GatewayFile::empty(), String::new()),
     };
-    let hook_mode = args.kubevirt_hook.then(|| {
-        let setup = HookSetup {
+    let place = if args.kubevirt_plugin {
+        match PluginSocket::parse(&args.plugin_socket) {
+            Ok(socket) => Some(HookPlace::Plugin(socket)),
+            Err(why) => {
+                eprintln!("error: --plugin-socket: {why}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    } else {
+        args.kubevirt_hook.then(|| HookPlace::Sidecar {
             hooks_dir: args.hooks_dir.clone(),
             container_name: args.container_name.clone(),
+        })
+    };
+    let hook_mode = place.map(|place| {
+        let setup = HookSetup {
+            place,
             add_channel: overrides.agent.is_none() && file.agent.is_none(),
             checks_from_vmi: args.config.is_none() && args.config_text.is_none(),
         };
@@ -507,6 +535,10 @@ fn inject_flags(args: &InjectArgs) -> Result<InjectFile, Vec<String>> {
         .opt_out_annotation
         .as_deref()
         .and_then(|text| keep("--opt-out-annotation", config::annotation_key(text)));
+    let road_annotation = args
+        .road_annotation
+        .as_deref()
+        .and_then(|text| keep("--road-annotation", config::annotation_key(text)));
     let mut secrets = Vec::new();
     for name in &args.image_pull_secrets {
         if let Some(name) = keep("--image-pull-secret", config::object_name(name)) {
@@ -530,5 +562,6 @@ fn inject_flags(args: &InjectArgs) -> Result<InjectFile, Vec<String>> {
         image_pull_secrets: (!args.image_pull_secrets.is_empty()).then_some(secrets),
         decision_annotation,
         opt_out_annotation,
+        road_annotation,
     })
 }

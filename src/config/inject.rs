@@ -23,6 +23,9 @@ pub(crate) const DEFAULT_MIN_INTERVAL_SECONDS: u32 = 1;
 pub(crate) const DEFAULT_DECISION_ANNOTATION: &str = "probe-gateway.kubevirt.io/decision";
 /// The annotation with which a VM or VMI opts out (value `"false"`).
 pub(crate) const DEFAULT_OPT_OUT_ANNOTATION: &str = "probe-gateway.kubevirt.io/inject";
+/// The annotation with which a VM or VMI chooses its road (`libvirt` or `plugin`) over its
+/// namespace's.
+pub(crate) const DEFAULT_ROAD_ANNOTATION: &str = "probe-gateway.kubevirt.io/road";
 
 const FIELDS: &[&str] = &[
     "image",
@@ -32,6 +35,7 @@ const FIELDS: &[&str] = &[
     "imagePullSecrets",
     "decisionAnnotation",
     "optOutAnnotation",
+    "roadAnnotation",
 ];
 
 /// CPU and memory of one side (requests or limits).
@@ -111,6 +115,7 @@ pub(crate) struct InjectFile {
     pub image_pull_secrets: Option<Vec<String>>,
     pub decision_annotation: Option<String>,
     pub opt_out_annotation: Option<String>,
+    pub road_annotation: Option<String>,
 }
 
 /// The webhook's settings in force.
@@ -123,6 +128,7 @@ pub(crate) struct InjectSettings {
     pub image_pull_secrets: Vec<String>,
     pub decision_annotation: String,
     pub opt_out_annotation: String,
+    pub road_annotation: String,
 }
 
 impl InjectSettings {
@@ -160,6 +166,10 @@ impl InjectSettings {
                 .opt_out_annotation
                 .or(file.opt_out_annotation)
                 .unwrap_or_else(|| DEFAULT_OPT_OUT_ANNOTATION.to_string()),
+            road_annotation: flags
+                .road_annotation
+                .or(file.road_annotation)
+                .unwrap_or_else(|| DEFAULT_ROAD_ANNOTATION.to_string()),
         })
     }
 }
@@ -200,6 +210,9 @@ fn read_inject_file(map: &Map<String, Value>, errors: &mut Errors) -> InjectFile
             string(v).and_then(annotation_key)
         }),
         opt_out_annotation: read_field(map, &root, "optOutAnnotation", errors, |v| {
+            string(v).and_then(annotation_key)
+        }),
+        road_annotation: read_field(map, &root, "roadAnnotation", errors, |v| {
             string(v).and_then(annotation_key)
         }),
     }

@@ -19,7 +19,7 @@ use kube_core::DynamicObject;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::{Map, Value, json};
 
-use super::decision::Decision;
+use super::decision::{Decision, Road};
 use super::eligibility::{self, Eligibility, Malformed};
 use super::launcher_pod::{self, PodOutcome};
 use crate::config::InjectSettings;
@@ -75,10 +75,13 @@ impl Outcome {
     }
 }
 
-/// Answers the review in `body`: the response document, and what was done.
+/// Answers the review in `body`: the response document, and what was done. `road` is the
+/// namespace's, by the path the review came on (`/mutate`: libvirt, `/mutate/plugin`:
+/// plugin), for the VMs and VMIs that name none.
 pub(crate) fn review(
     body: &[u8],
     settings: &InjectSettings,
+    road: Road,
 ) -> Result<(Vec<u8>, Handled), BadReview> {
     let (request, object) = read(body)?;
     let kind = request.kind.kind.as_str();
@@ -98,7 +101,7 @@ pub(crate) fn review(
     let (patch, warnings) = match (group, kind, &request.operation, &object) {
         ("kubevirt.io", "VirtualMachine", Operation::Create | Operation::Update, Some(vm)) => {
             handled.kind = "VirtualMachine";
-            on_vm(vm, settings, &mut handled)
+            on_vm(vm, settings, road, &mut handled)
         }
         (
             "kubevirt.io",
@@ -107,7 +110,7 @@ pub(crate) fn review(
             Some(vmi),
         ) => {
             handled.kind = "VirtualMachineInstance";
-            on_vmi(vmi, settings, &mut handled)
+            on_vmi(vmi, settings, road, &mut handled)
         }
         ("", "Pod", Operation::Create, Some(pod)) => {
             handled.kind = "Pod";
@@ -204,7 +207,7 @@ fn read(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Option<Value>),
 
 type Answer = (Option<Patch>, Vec<String>);
 
-fn on_vm(vm: &Value, settings: &InjectSettings, handled: &mut Handled) -> Answer {
+fn on_vm(vm: &Value, settings: &InjectSettings, road: Road, handled: &mut Handled) -> Answer {
     let template = vm.pointer("/spec/template");
     let empty = Map::new();
     let own = vm
@@ -224,7 +227,7 @@ fn on_vm(vm: &Value, settings: &InjectSettings, handled: &mut Handled) -> Answer
             },
         );
     };
-    match eligibility::decide(spec, &[templates, own], settings) {
+    match eligibility::decide(spec, &[templates, own], road, settings) {
         Ok(Eligibility::NoProbes) => {
             handled.detail = "no exec or guestAgentPing probe".into();
             (None, Vec::new())
@@ -242,7 +245,7 @@ fn on_vm(vm: &Value, settings: &InjectSettings, handled: &mut Handled) -> Answer
     }
 }
 
-fn on_vmi(vmi: &Value, settings: &InjectSettings, handled: &mut Handled) -> Answer {
+fn on_vmi(vmi: &Value, settings: &InjectSettings, road: Road, handled: &mut Handled) -> Answer {
     let Some(spec) = vmi.get("spec") else {
         return malformed(
             handled,
@@ -269,7 +272,7 @@ fn on_vmi(vmi: &Value, settings: &InjectSettings, handled: &mut Handled) -> Answ
     // Without probes to take over there is nothing to tell the owner, but the annotation
     // is still written: a value set by hand must not reach the pods.
     let (decision, warnings) =
-        match eligibility::decide(spec, &[annotations.unwrap_or(&empty)], settings) {
+        match eligibility::decide(spec, &[annotations.unwrap_or(&empty)], road, settings) {
             Ok(Eligibility::Decided(decision)) => {
                 let warnings = vec![warning_for(&decision)];
                 (decision, warnings)

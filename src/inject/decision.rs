@@ -3,14 +3,45 @@
 //!
 //! The value is a small JSON object with a version, so that a later release reads what this
 //! one wrote and a pod decided by a newer release is left alone by an older one:
-//! `{"v":1,"inject":true,"port":8190,"reason":"..."}`. The port is the one checked against
-//! the VMI's forwarded ports; the pod gets that port even if the injector's setting has
-//! changed since.
+//! `{"v":1,"inject":true,"port":8190,"road":"libvirt","reason":"..."}`. The port is the one
+//! checked against the VMI's forwarded ports; the pod gets that port even if the
+//! injector's setting has changed since. The road is how the gateway reaches the agent
+//! ([`Road`]); KubeVirt's `Plugin` resource of the plugin road selects VMIs by it.
 
 use serde::{Deserialize, Serialize};
 
 /// The version this release writes and reads.
 const VERSION: u32 = 1;
+
+/// How an injected gateway reaches the guest's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Road {
+    /// Through libvirt, to the guest's own agent: nothing changes in the guest.
+    #[default]
+    Libvirt,
+    /// A private channel added by the gateway as a KubeVirt 1.9 plugin: the guest runs a
+    /// second agent on it; the `Plugins` gate must be on.
+    Plugin,
+}
+
+impl Road {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Road::Libvirt => "libvirt",
+            Road::Plugin => "plugin",
+        }
+    }
+
+    /// Reads an annotation's or path's road.
+    pub(crate) fn parse(text: &str) -> Option<Road> {
+        match text {
+            "libvirt" => Some(Road::Libvirt),
+            "plugin" => Some(Road::Plugin),
+            _ => None,
+        }
+    }
+}
 
 /// What the injector decided for a VMI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +52,9 @@ pub(crate) struct Decision {
     /// The gateway's port, checked against the VMI's forwarded ports (when `inject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The road (when `inject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub road: Option<Road>,
     /// Why, in a sentence, shown to the VM's owner as an admission warning too.
     pub reason: String,
 }
@@ -35,12 +69,13 @@ pub(crate) enum UnreadableDecision {
 }
 
 impl Decision {
-    /// Inject, on `port`.
-    pub(crate) fn inject(port: u16, reason: impl Into<String>) -> Decision {
+    /// Inject, on `port`, by `road`.
+    pub(crate) fn inject(port: u16, road: Road, reason: impl Into<String>) -> Decision {
         Decision {
             v: VERSION,
             inject: true,
             port: Some(port),
+            road: Some(road),
             reason: reason.into(),
         }
     }
@@ -51,6 +86,7 @@ impl Decision {
             v: VERSION,
             inject: false,
             port: None,
+            road: None,
             reason: reason.into(),
         }
     }
@@ -90,15 +126,16 @@ mod tests {
     #[test]
     fn a_decision_reads_back_as_written() {
         for decision in [
-            Decision::inject(8190, "masquerade with ports [22]"),
+            Decision::inject(8190, Road::Libvirt, "masquerade with ports [22]"),
+            Decision::inject(8190, Road::Plugin, "masquerade with ports [22]"),
             Decision::skip("bridge binding: the guest owns the pod IP"),
         ] {
             let text = decision.to_annotation();
             assert_eq!(Decision::from_annotation(&text), Ok(decision));
         }
         assert_eq!(
-            Decision::inject(8190, "ok").to_annotation(),
-            r#"{"v":1,"inject":true,"port":8190,"reason":"ok"}"#
+            Decision::inject(8190, Road::Plugin, "ok").to_annotation(),
+            r#"{"v":1,"inject":true,"port":8190,"road":"plugin","reason":"ok"}"#
         );
     }
 

@@ -16,7 +16,7 @@
 
 use serde_json::{Map, Value};
 
-use super::decision::Decision;
+use super::decision::{Decision, Road};
 use crate::config::InjectSettings;
 
 /// An object the webhook cannot read: the JSON path and what is wrong there.
@@ -37,10 +37,12 @@ pub(crate) enum Eligibility {
 }
 
 /// Decides for a VMI spec (`spec`) with its annotations (`annotations`; for a VM, the
-/// template's and the VM's own).
+/// template's and the VM's own, in that order of precedence), `road` being the
+/// namespace's (the webhook path it was reviewed on) unless an annotation names another.
 pub(crate) fn decide(
     spec: &Value,
     annotations: &[&Map<String, Value>],
+    road: Road,
     settings: &InjectSettings,
 ) -> Result<Eligibility, Malformed> {
     let spec = mapping(spec, "spec")?;
@@ -57,7 +59,26 @@ pub(crate) fn decide(
             ))));
         }
     }
+    let mut road = road;
+    for annotations in annotations.iter().rev() {
+        if let Some(named) = annotations.get(&settings.road_annotation) {
+            let text = named.as_str().unwrap_or_default();
+            road = Road::parse(text).ok_or_else(|| {
+                malformed(
+                    &format!("metadata.annotations[{:?}]", settings.road_annotation),
+                    "not \"libvirt\" or \"plugin\"",
+                )
+            })?;
+        }
+    }
     let port = settings.port;
+    let how = match road {
+        Road::Libvirt => "through libvirt",
+        Road::Plugin => {
+            "through a private agent channel (the KubeVirt plugin road: the guest must run a \
+             second qemu-ga on org.qemu.guest_agent.1)"
+        }
+    };
     let decision = match pod_network_interface(spec)? {
         Err(why) => Decision::skip(why),
         Ok(interface) => match binding(interface)? {
@@ -71,7 +92,10 @@ pub(crate) fn decide(
                 )),
                 Forwarded::Others => Decision::inject(
                     port,
-                    format!("its {probes} probe will be answered by the gateway on port {port}"),
+                    road,
+                    format!(
+                        "its {probes} probe will be answered by the gateway on port {port}, {how}"
+                    ),
                 ),
             },
             Binding::Other(name) => Decision::skip(format!(
@@ -281,7 +305,7 @@ mod tests {
     use crate::inject::testing::settings;
 
     fn decide_spec(spec: Value) -> Result<Eligibility, Malformed> {
-        decide(&spec, &[], &settings())
+        decide(&spec, &[], Road::Libvirt, &settings())
     }
 
     fn spec_with(interface: Value) -> Value {
@@ -312,7 +336,42 @@ mod tests {
         assert_eq!(decision.port, Some(8190));
         assert_eq!(
             decision.reason,
-            "its readiness and liveness probe will be answered by the gateway on port 8190"
+            "its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
+        );
+        assert_eq!(decision.road, Some(Road::Libvirt));
+    }
+
+    #[test]
+    fn the_road_is_the_namespaces_unless_an_annotation_names_one() {
+        let spec = spec_with(json!({"name": "default", "masquerade": {}, "ports": [{"port": 22}]}));
+        let road = |annotations: &[&Map<String, Value>], namespace: Road| match decide(
+            &spec,
+            annotations,
+            namespace,
+            &settings(),
+        ) {
+            Ok(Eligibility::Decided(decision)) => decision.road,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(road(&[], Road::Plugin), Some(Road::Plugin));
+        let plugin = json!({"probe-gateway.kubevirt.io/road": "plugin"});
+        let libvirt = json!({"probe-gateway.kubevirt.io/road": "libvirt"});
+        let (plugin, libvirt) = (plugin.as_object().unwrap(), libvirt.as_object().unwrap());
+        assert_eq!(road(&[plugin], Road::Libvirt), Some(Road::Plugin));
+        // The template's word wins over the VM's own.
+        assert_eq!(road(&[libvirt, plugin], Road::Plugin), Some(Road::Libvirt));
+        let bad = json!({"probe-gateway.kubevirt.io/road": "vsock"});
+        assert_eq!(
+            decide(
+                &spec,
+                &[bad.as_object().unwrap()],
+                Road::Libvirt,
+                &settings()
+            ),
+            Err(malformed(
+                "metadata.annotations[\"probe-gateway.kubevirt.io/road\"]",
+                "not \"libvirt\" or \"plugin\""
+            ))
         );
     }
 
@@ -380,9 +439,12 @@ mod tests {
     fn an_opt_out_annotation_is_honoured() {
         let spec = spec_with(json!({"name": "default", "masquerade": {}, "ports": [{"port": 22}]}));
         let annotations = json!({"probe-gateway.kubevirt.io/inject": "false"});
-        let Ok(Eligibility::Decided(decision)) =
-            decide(&spec, &[annotations.as_object().unwrap()], &settings())
-        else {
+        let Ok(Eligibility::Decided(decision)) = decide(
+            &spec,
+            &[annotations.as_object().unwrap()],
+            Road::Libvirt,
+            &settings(),
+        ) else {
             panic!()
         };
         assert!(!decision.inject);

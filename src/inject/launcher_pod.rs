@@ -13,15 +13,21 @@
 //! - the pod's `libvirt-runtime` volume at `/var/run/libvirt`, as the compute container's
 //!   user (107), every capability dropped, no privilege escalation, a read-only root;
 //! - explicit requests and limits, equal when the pod is to be Guaranteed.
+//!
+//! On the plugin road the gateway is the default binary as a KubeVirt 1.9 plugin sidecar
+//! (`serve --kubevirt-plugin`), with the pod's `kubevirt-plugin-sockets` volume (`subPath`
+//! the plugin's name, as KubeVirt's policy demands) instead of libvirt's; a pod without that
+//! volume (the `Plugins` gate off) is left alone with a warning.
 
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use jsonptr::PointerBuf;
 use serde_json::{Map, Value, json};
 
-use super::decision::Decision;
+use super::decision::{Decision, Road};
 use super::eligibility::Malformed;
 use super::virt_probe::{self, NotVirtProbe, VirtProbeCheck, VirtProbeLine};
 use crate::config::{self, InjectSettings, ProbeKind, Quantity};
+use crate::kubevirt::plugin;
 
 /// The injected container's name.
 pub(crate) const CONTAINER_NAME: &str = "probe-gateway";
@@ -30,8 +36,12 @@ const COMPUTE: &str = "compute";
 /// The launcher pod's volume holding libvirt's socket, and where compute mounts it.
 const LIBVIRT_VOLUME: &str = "libvirt-runtime";
 const LIBVIRT_MOUNT: &str = "/var/run/libvirt";
-/// The libvirt gateway in the image.
-const GATEWAY_BINARY: &str = "/usr/local/bin/virt-probe-gateway-libvirt";
+/// The libvirt gateway in the image (the libvirt road).
+const LIBVIRT_GATEWAY_BINARY: &str = "/usr/local/bin/virt-probe-gateway-libvirt";
+/// The default gateway in the image (the plugin road: it links no libvirt).
+const GATEWAY_BINARY: &str = "/usr/local/bin/virt-probe-gateway";
+/// The launcher pod's volume for plugin sockets (KubeVirt's `Plugins` gate only).
+const PLUGIN_VOLUME: &str = "kubevirt-plugin-sockets";
 /// The environment variable that carries the gateway's config to it.
 pub(crate) const CONFIG_ENV: &str = "PROBE_GATEWAY_CONFIG_TEXT";
 /// KubeVirt's annotation on launcher pods: the VMI's name.
@@ -123,14 +133,26 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     };
     let domain = format!("{namespace}_{vmi_name}");
 
+    let road = decision.road.unwrap_or_default();
     let volumes = array_at(spec, "volumes", "spec")?;
-    let has_libvirt_volume = volumes
-        .iter()
-        .any(|v| v.get("name").and_then(Value::as_str) == Some(LIBVIRT_VOLUME));
-    if !has_libvirt_volume {
-        return skip(format!(
-            "it has no {LIBVIRT_VOLUME} volume, where libvirt's socket is"
-        ));
+    let has_volume = |name: &str| {
+        volumes
+            .iter()
+            .any(|v| v.get("name").and_then(Value::as_str) == Some(name))
+    };
+    match road {
+        Road::Libvirt if !has_volume(LIBVIRT_VOLUME) => {
+            return skip(format!(
+                "it has no {LIBVIRT_VOLUME} volume, where libvirt's socket is"
+            ));
+        }
+        Road::Plugin if !has_volume(PLUGIN_VOLUME) => {
+            return skip(format!(
+                "it has no {PLUGIN_VOLUME} volume: KubeVirt's Plugins feature gate, which the \
+                 plugin road needs, is off"
+            ));
+        }
+        _ => {}
     }
 
     let Some((uid, gid)) = compute_user(spec, compute, &compute_path)? else {
@@ -138,8 +160,8 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     };
     if uid == 0 {
         return skip(
-            "the VMI runs as root (KubeVirt's Root feature gate): libvirt's socket is then \
-             root's, and the gateway is not run as root"
+            "the VMI runs as root (KubeVirt's Root feature gate): libvirt's socket and the \
+             private channel are then root's, and the gateway is not run as root"
                 .into(),
         );
     }
@@ -183,7 +205,10 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     }
 
     let mut gateway_config = Map::new();
-    gateway_config.insert("agent".into(), json!(format!("libvirt:{domain}")));
+    // The plugin road's agent is the private channel the gateway adds at MutateDomain.
+    if road == Road::Libvirt {
+        gateway_config.insert("agent".into(), json!(format!("libvirt:{domain}")));
+    }
     gateway_config.insert(
         "minIntervalSeconds".into(),
         json!(settings.min_interval_seconds),
@@ -198,7 +223,17 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     }
 
     let guaranteed = wants_guaranteed(compute, &compute_path)?;
-    let container = gateway_container(settings, port, uid, gid, &config_text, guaranteed);
+    let container = gateway_container(
+        settings,
+        GatewayRun {
+            road,
+            port,
+            uid,
+            gid,
+            config_text: &config_text,
+            guaranteed,
+        },
+    );
     let mut operations = Vec::new();
     let add = |path: String, value: Value| {
         PatchOperation::Add(AddOperation {
@@ -250,8 +285,9 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     Ok(PodOutcome::Injected {
         patch: Patch(operations),
         summary: format!(
-            "the gateway answers its {} probe on port {port} for domain {domain}",
-            probes.join(" and ")
+            "the gateway answers its {} probe on port {port} for domain {domain}, by the {} road",
+            probes.join(" and "),
+            road.as_str()
         ),
     })
 }
@@ -268,43 +304,74 @@ fn check(line: &VirtProbeLine) -> Value {
     probe
 }
 
-fn gateway_container(
-    settings: &InjectSettings,
+/// How the gateway container runs.
+struct GatewayRun<'a> {
+    road: Road,
     port: u16,
     uid: i64,
     gid: i64,
-    config_text: &str,
+    config_text: &'a str,
     guaranteed: bool,
-) -> Value {
+}
+
+fn gateway_container(settings: &InjectSettings, run: GatewayRun<'_>) -> Value {
     let resources = &settings.resources;
-    let requests = if guaranteed {
+    let requests = if run.guaranteed {
         &resources.limits
     } else {
         &resources.requests
     };
     let quantity = |q: &Quantity| json!(q.as_str());
+    let listen = format!("[::]:{}", run.port);
+    let (command, args, mount) = match run.road {
+        Road::Libvirt => (
+            LIBVIRT_GATEWAY_BINARY,
+            json!(["serve", "--listen", listen, "--log-format", "json"]),
+            json!({"name": LIBVIRT_VOLUME, "mountPath": LIBVIRT_MOUNT}),
+        ),
+        Road::Plugin => {
+            let socket = plugin::DEFAULT_PLUGIN_SOCKET;
+            let dir = socket.rsplit_once('/').map_or(socket, |(dir, _)| dir);
+            (
+                GATEWAY_BINARY,
+                json!([
+                    "serve",
+                    "--kubevirt-plugin",
+                    "--plugin-socket",
+                    socket,
+                    "--listen",
+                    listen,
+                    "--log-format",
+                    "json"
+                ]),
+                // KubeVirt's policy: the plugin volume only with a subPath, the plugin's own
+                // directory, mounted where compute sees it too.
+                json!({"name": PLUGIN_VOLUME, "mountPath": dir, "subPath": plugin::PLUGIN_NAME}),
+            )
+        }
+    };
     json!({
         "name": CONTAINER_NAME,
         "image": settings.image.as_str(),
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
-        "command": [GATEWAY_BINARY],
-        "args": ["serve", "--listen", format!("[::]:{port}"), "--log-format", "json"],
-        "env": [{"name": CONFIG_ENV, "value": config_text}],
-        "ports": [{"name": CONTAINER_NAME, "containerPort": port, "protocol": "TCP"}],
+        "command": [command],
+        "args": args,
+        "env": [{"name": CONFIG_ENV, "value": run.config_text}],
+        "ports": [{"name": CONTAINER_NAME, "containerPort": run.port, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": quantity(&requests.cpu), "memory": quantity(&requests.memory)},
             "limits": {"cpu": quantity(&resources.limits.cpu), "memory": quantity(&resources.limits.memory)},
         },
         "securityContext": {
-            "runAsUser": uid,
-            "runAsGroup": gid,
+            "runAsUser": run.uid,
+            "runAsGroup": run.gid,
             "runAsNonRoot": true,
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": LIBVIRT_VOLUME, "mountPath": LIBVIRT_MOUNT}],
+        "volumeMounts": [mount],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }

@@ -3,6 +3,7 @@
 //! | port | route | methods | what |
 //! |---|---|---|---|
 //! | `--listen` (HTTPS) | `/mutate` | POST | an `admission.k8s.io/v1` AdmissionReview in, its answer out; 400 naming what is wrong if the body is not one; 413 over [`MAX_REVIEW_BYTES`] |
+//! | | `/mutate/plugin` | POST | the same, the plugin road the namespace's default |
 //! | `--metrics-listen` (HTTP) | `/healthz` | GET, HEAD | 200 while the webhook serves |
 //! | | `/metrics` | GET, HEAD | Prometheus metrics ([`super::metrics`]) |
 //!
@@ -19,6 +20,7 @@ use actix_web::{App, HttpResponse, web};
 use tokio_rustls::TlsAcceptor;
 
 use super::admission::{self, Outcome};
+use super::decision::Road;
 use super::metrics::InjectMetrics;
 use super::tls::{ReloadingCertificate, TlsError};
 use crate::config::InjectSettings;
@@ -210,7 +212,12 @@ fn webhook_app(
         .app_data(web::PayloadConfig::new(MAX_REVIEW_BYTES))
         .service(
             web::resource("/mutate")
-                .route(web::post().to(mutate))
+                .route(web::post().to(mutate_libvirt))
+                .default_service(web::to(method_not_allowed_post)),
+        )
+        .service(
+            web::resource("/mutate/plugin")
+                .route(web::post().to(mutate_plugin))
                 .default_service(web::to(method_not_allowed_post)),
         )
         .default_service(web::to(not_found))
@@ -234,10 +241,19 @@ fn operations_app(
         .default_service(web::to(not_found))
 }
 
-/// `POST /mutate`.
-async fn mutate(state: web::Data<InjectState>, body: web::Bytes) -> HttpResponse {
+/// `POST /mutate`: VMs and VMIs of the namespace go the libvirt road unless they name one.
+async fn mutate_libvirt(state: web::Data<InjectState>, body: web::Bytes) -> HttpResponse {
+    mutate(&state, &body, Road::Libvirt)
+}
+
+/// `POST /mutate/plugin`: the plugin road, for namespaces labelled for it.
+async fn mutate_plugin(state: web::Data<InjectState>, body: web::Bytes) -> HttpResponse {
+    mutate(&state, &body, Road::Plugin)
+}
+
+fn mutate(state: &InjectState, body: &[u8], road: Road) -> HttpResponse {
     let started = Instant::now();
-    match admission::review(&body, &state.settings) {
+    match admission::review(body, &state.settings, road) {
         Ok((answer, handled)) => {
             let took = started.elapsed();
             state.metrics.record_review(

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::admission::{BadReview, Outcome, review};
+use super::decision::Road;
 use super::launcher_pod::{CONFIG_ENV, CONTAINER_NAME};
 use super::testing::{IMAGE, fixture, settings};
 use crate::config::{InjectSettings, parse_document};
@@ -63,7 +64,12 @@ fn answer_with(
     operation: &str,
     object: &Value,
 ) -> Answer {
-    let (body, handled) = review(&review_body(group, kind, operation, object), settings).unwrap();
+    let (body, handled) = review(
+        &review_body(group, kind, operation, object),
+        settings,
+        Road::Libvirt,
+    )
+    .unwrap();
     let document: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(document["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(document["kind"], "AdmissionReview");
@@ -384,12 +390,12 @@ fn a_vmi_gets_the_decision_whatever_value_was_there() {
         .unwrap();
     assert_eq!(
         written,
-        r#"{"v":1,"inject":true,"port":8190,"reason":"its readiness and liveness probe will be answered by the gateway on port 8190"}"#
+        r#"{"v":1,"inject":true,"port":8190,"road":"libvirt","reason":"its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"}"#
     );
     assert_eq!(
         answer.warnings(),
         [
-            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190"
+            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
         ]
     );
     // Again: unchanged, the warning still said.
@@ -531,11 +537,110 @@ fn a_body_that_is_not_an_admission_review_is_refused_naming_why() {
         ),
     ];
     for (body, says) in cases {
-        let error = review(body, &settings).unwrap_err();
+        let error = review(body, &settings, Road::Libvirt).unwrap_err();
         assert!(matches!(
             error,
             BadReview::NotJson(_) | BadReview::NotAReview(_)
         ));
         assert_eq!(error.to_string(), says);
     }
+}
+
+/// The fixture pod as KubeVirt renders it with the Plugins gate on, its VMI decided for
+/// the plugin road.
+fn plugin_road_pod() -> Value {
+    let mut pod = fixture("launcher-pod.json");
+    pod["metadata"]["annotations"][DECISION] =
+        json!(r#"{"v":1,"inject":true,"port":8190,"road":"plugin","reason":"plugin road"}"#);
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kubevirt-plugin-sockets", "emptyDir": {}}));
+    pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kubevirt-plugin-sockets", "mountPath": "/var/run/kubevirt-plugin"}));
+    pod
+}
+
+#[test]
+fn a_plugin_road_pod_gets_the_plugin_sidecar_on_its_own_subpath() {
+    let answer = pod_answer(&plugin_road_pod());
+    assert_eq!(answer.outcome, Outcome::Patched, "{}", answer.detail);
+    let gateway = gateway_of(&answer.patched);
+    assert_eq!(
+        gateway["command"],
+        json!(["/usr/local/bin/virt-probe-gateway"])
+    );
+    assert_eq!(
+        gateway["args"],
+        json!([
+            "serve",
+            "--kubevirt-plugin",
+            "--plugin-socket",
+            "/var/run/kubevirt-plugin/probe-gateway/domain-hook.sock",
+            "--listen",
+            "[::]:8190",
+            "--log-format",
+            "json"
+        ])
+    );
+    assert_eq!(
+        gateway["volumeMounts"],
+        json!([{"name": "kubevirt-plugin-sockets", "mountPath": "/var/run/kubevirt-plugin/probe-gateway", "subPath": "probe-gateway"}])
+    );
+    // The agent is the private channel the gateway adds at MutateDomain: none is named.
+    let config: Value = serde_json::from_str(gateway["env"][0]["value"].as_str().unwrap()).unwrap();
+    assert!(config["agent"].is_null(), "{config}");
+    assert_eq!(
+        config["livenessProbe"],
+        json!({"guestAgentPing": {}, "timeoutSeconds": 1})
+    );
+    assert_eq!(
+        answer.patched["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/ready"
+    );
+    assert!(
+        answer.detail.ends_with("by the plugin road"),
+        "{}",
+        answer.detail
+    );
+}
+
+#[test]
+fn a_plugin_road_pod_without_the_plugin_volume_keeps_its_probes() {
+    let mut pod = plugin_road_pod();
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|v| v["name"] != "kubevirt-plugin-sockets");
+    let answer = pod_answer(&pod);
+    assert_eq!(answer.outcome, Outcome::Skipped);
+    assert!(!answer.has_patch());
+    assert!(
+        answer.warnings()[0]
+            .contains("KubeVirt's Plugins feature gate, which the plugin road needs, is off"),
+        "{:?}",
+        answer.warnings()
+    );
+}
+
+#[test]
+fn a_vmi_in_a_plugin_namespace_is_decided_for_the_plugin_road() {
+    let vmi = fixture("vmi.json");
+    let (body, _) = review(
+        &review_body("kubevirt.io", "VirtualMachineInstance", "CREATE", &vmi),
+        &settings(),
+        Road::Plugin,
+    )
+    .unwrap();
+    let document: Value = serde_json::from_slice(&body).unwrap();
+    let warnings = document["response"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .ends_with("the guest must run a second qemu-ga on org.qemu.guest_agent.1)"),
+        "{warnings:?}"
+    );
 }

@@ -1,7 +1,9 @@
 //! KubeVirt's hook-sidecar gRPC services, served on one unix socket in the hooks directory
 //! (docs/kubevirt.md, "The hook protocol"): `Info` says who the gateway is and which hook points it wants;
 //! `OnDefineDomain` reads the VMI's checks and adds the private agent channel to the
-//! domain; `Shutdown` (after QEMU has exited) stops the gateway.
+//! domain; `Shutdown` (after QEMU has exited) stops the gateway. As a KubeVirt 1.9 plugin
+//! ([`super::plugin`]) the same definition is served as `MutateDomain` on the plugin's
+//! socket instead ([`Definer`] is what both share).
 //!
 //! The services decide and answer; the application applies. They hand what they learnt to
 //! [`crate::app`] as [`HookEvent`]s and, for a definition, wait until it is in force, so
@@ -17,8 +19,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::domain::{self, CHANNEL_NAME};
+use super::plugin::{DomainHooks, PluginSocket};
 use super::proto::info::info_server::{Info, InfoServer};
 use super::proto::info::{HookPoint, InfoParams, InfoResult};
+use super::proto::plugins::domain_hook_service_server::DomainHookServiceServer;
 use super::proto::{v1alpha2, v1alpha3};
 use crate::agent::AgentAddress;
 use crate::config::{GatewayFile, HookedVmi};
@@ -39,45 +43,76 @@ pub(crate) const DEFAULT_CONTAINER_NAME: &str = "hook-sidecar-0";
 /// What hook mode needs to know, from flags and environment.
 #[derive(Debug, Clone)]
 pub(crate) struct HookSetup {
-    /// The hooks directory as the gateway sees it (`--hooks-dir`).
-    pub hooks_dir: PathBuf,
-    /// This sidecar's container name (`CONTAINER_NAME`, set by KubeVirt).
-    pub container_name: String,
-    /// Whether `OnDefineDomain` adds the private channel: true when the agent in force is
+    /// How KubeVirt calls the gateway: as a hook sidecar, or as a plugin.
+    pub place: HookPlace,
+    /// Whether the definition adds the private channel: true when the agent in force is
     /// that channel (no `--agent` and no `agent` in a config file).
     pub add_channel: bool,
-    /// Whether the checks come from the VMI (no `--config`).
+    /// Whether the checks come from the VMI (no `--config` or `--config-text`).
     pub checks_from_vmi: bool,
 }
 
+/// Where the gateway is called from.
+#[derive(Debug, Clone)]
+pub(crate) enum HookPlace {
+    /// A hook sidecar (`--kubevirt-hook`, the `Sidecar` gate): `Info`, `OnDefineDomain`
+    /// and `Shutdown` on [`HOOK_SOCKET`] in the hooks directory.
+    Sidecar {
+        /// The hooks directory as the gateway sees it (`--hooks-dir`).
+        hooks_dir: PathBuf,
+        /// This sidecar's container name (`CONTAINER_NAME`, set by KubeVirt).
+        container_name: String,
+    },
+    /// A plugin sidecar (`--kubevirt-plugin`, KubeVirt 1.9's `Plugins` gate):
+    /// `MutateDomain` on this socket.
+    Plugin(PluginSocket),
+}
+
 impl HookSetup {
-    /// The channel's socket as the compute container (QEMU) sees it: KubeVirt from 1.6
-    /// mounts each sidecar's sub-directory of the hooks volume as the sidecar's hooks
-    /// directory and the whole volume in the compute container.
+    /// The channel's socket as the compute container (QEMU) sees it. As a hook sidecar:
+    /// KubeVirt from 1.6 mounts each sidecar's sub-directory of the hooks volume as the
+    /// sidecar's hooks directory and the whole volume in the compute container. As a
+    /// plugin: beside the plugin's socket, the same path in both containers.
     pub(crate) fn channel_path_for_qemu(&self) -> String {
-        format!(
-            "{KUBEVIRT_HOOKS_DIR}/{}/{CHANNEL_SOCKET}",
-            self.container_name
-        )
+        match &self.place {
+            HookPlace::Sidecar { container_name, .. } => {
+                format!("{KUBEVIRT_HOOKS_DIR}/{container_name}/{CHANNEL_SOCKET}")
+            }
+            HookPlace::Plugin(socket) => socket.channel_path().display().to_string(),
+        }
     }
 
-    /// Where the gateway finds that socket: in its hooks directory (KubeVirt 1.6 and
-    /// later), or in the sub-directory named after the container that
+    /// Where the gateway finds that socket. As a hook sidecar: in its hooks directory
+    /// (KubeVirt 1.6 and later), or in the sub-directory named after the container that
     /// [`prepare_shared_layout`](Self::prepare_shared_layout) makes for older releases,
     /// which mount the same whole volume in every container.
     pub(crate) fn agent_address(&self) -> AgentAddress {
-        AgentAddress::PrivateChannel {
-            socket: self.hooks_dir.join(CHANNEL_SOCKET),
-            shared_layout: self
-                .hooks_dir
-                .join(&self.container_name)
-                .join(CHANNEL_SOCKET),
+        match &self.place {
+            HookPlace::Sidecar {
+                hooks_dir,
+                container_name,
+            } => AgentAddress::PrivateChannel {
+                socket: hooks_dir.join(CHANNEL_SOCKET),
+                shared_layout: hooks_dir.join(container_name).join(CHANNEL_SOCKET),
+            },
+            HookPlace::Plugin(socket) => socket.agent_address(),
+        }
+    }
+
+    /// What the gateway is waiting for, named in the log.
+    pub(crate) fn definition_call(&self) -> &'static str {
+        match self.place {
+            HookPlace::Sidecar { .. } => "OnDefineDomain",
+            HookPlace::Plugin(_) => "MutateDomain",
         }
     }
 
     /// Checks the container name: it becomes a path component in the domain XML.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let name = &self.container_name;
+        let HookPlace::Sidecar { container_name, .. } = &self.place else {
+            return Ok(());
+        };
+        let name = container_name;
         let dns_label = !name.is_empty()
             && name.len() <= 63
             && name
@@ -97,9 +132,9 @@ impl HookSetup {
     /// so that with KubeVirt before 1.6 (one volume, mounted whole everywhere) the path
     /// given to QEMU exists and QEMU may bind in it. With 1.6 and later it is an unused
     /// directory, and virt-launcher counts only non-directory entries.
-    fn prepare_shared_layout(&self) -> io::Result<()> {
-        let mode = std::fs::metadata(&self.hooks_dir)?.permissions().mode() & 0o7777;
-        let dir = self.hooks_dir.join(&self.container_name);
+    fn prepare_shared_layout(hooks_dir: &Path, container_name: &str) -> io::Result<()> {
+        let mode = std::fs::metadata(hooks_dir)?.permissions().mode() & 0o7777;
+        let dir = hooks_dir.join(container_name);
         match std::fs::DirBuilder::new().mode(mode).create(&dir) {
             Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)),
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -142,44 +177,76 @@ pub(crate) struct HookServer {
 }
 
 impl HookServer {
-    /// Binds [`HOOK_SOCKET`] in the hooks directory and serves. Must run on a tokio
-    /// runtime.
+    /// Binds [`HOOK_SOCKET`] in the hooks directory (or the plugin's socket) and serves.
+    /// Must run on a tokio runtime.
     pub(crate) fn start(
         setup: &HookSetup,
         events: mpsc::UnboundedSender<HookEvent>,
     ) -> Result<HookServer, HookError> {
         setup.validate().map_err(HookError::Setup)?;
+        let dir = match &setup.place {
+            HookPlace::Sidecar { hooks_dir, .. } => hooks_dir.clone(),
+            HookPlace::Plugin(socket) => socket.dir().to_path_buf(),
+        };
         let dir_error = |source| HookError::HooksDir {
-            dir: setup.hooks_dir.display().to_string(),
+            dir: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&setup.hooks_dir).map_err(dir_error)?;
-        if setup.add_channel {
-            setup.prepare_shared_layout().map_err(dir_error)?;
-        }
-        let socket = setup.hooks_dir.join(HOOK_SOCKET);
+        std::fs::create_dir_all(&dir).map_err(dir_error)?;
+        let socket = match &setup.place {
+            HookPlace::Sidecar {
+                hooks_dir,
+                container_name,
+            } => {
+                if setup.add_channel {
+                    HookSetup::prepare_shared_layout(hooks_dir, container_name)
+                        .map_err(dir_error)?;
+                }
+                hooks_dir.join(HOOK_SOCKET)
+            }
+            HookPlace::Plugin(socket) => {
+                refuse_symlink(&dir).map_err(dir_error)?;
+                socket.path().to_path_buf()
+            }
+        };
         let listener = bind(&socket).map_err(|source| HookError::Listen {
             socket: socket.display().to_string(),
             source,
         })?;
-        let callbacks = Callbacks {
+        let definer = Definer {
             setup: setup.clone(),
             events,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(InfoServer::new(HookInfo))
-            .add_service(v1alpha3::callbacks_server::CallbacksServer::new(
-                callbacks.clone(),
-            ))
-            .add_service(v1alpha2::callbacks_server::CallbacksServer::new(callbacks));
-        let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        tracing::info!(socket = %socket.display(), "serving KubeVirt's hook services");
+        let incoming = UnixListenerStream::new(listener);
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let serving = match &setup.place {
+            HookPlace::Sidecar { .. } => {
+                let callbacks = Callbacks { definer };
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(InfoServer::new(HookInfo))
+                        .add_service(v1alpha3::callbacks_server::CallbacksServer::new(
+                            callbacks.clone(),
+                        ))
+                        .add_service(v1alpha2::callbacks_server::CallbacksServer::new(callbacks))
+                        .serve_with_incoming_shutdown(incoming, shutdown),
+                )
+            }
+            HookPlace::Plugin(plugin) => {
+                if !plugin.under_kubevirt_dir() {
+                    tracing::warn!(socket = %socket.display(), "the plugin socket is not under /var/run/kubevirt-plugin/<plugin>/, where KubeVirt looks");
+                }
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(DomainHookServiceServer::new(DomainHooks { definer }))
+                        .serve_with_incoming_shutdown(incoming, shutdown),
+                )
+            }
+        };
+        tracing::info!(socket = %socket.display(), call = setup.definition_call(), "serving KubeVirt's hook services");
         Ok(HookServer {
             socket,
             stop: Some(stop),
@@ -202,6 +269,18 @@ impl HookServer {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// Refuses a directory that is a symlink: virt-launcher refuses a plugin socket path that
+/// goes through one.
+fn refuse_symlink(dir: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(dir)?.file_type().is_symlink() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symlink, which KubeVirt refuses for a plugin socket's path",
+        ));
+    }
+    Ok(())
 }
 
 /// Binds a unix socket at `path`, replacing a socket left by an earlier run of this
@@ -248,15 +327,23 @@ impl Info for HookInfo {
 /// The callbacks of both versions: their `OnDefineDomain` is the same.
 #[derive(Clone)]
 struct Callbacks {
+    definer: Definer,
+}
+
+/// A VM's definition, whichever call brings it (`OnDefineDomain`, `MutateDomain`): the
+/// checks read from the VMI, the channel added to the domain, the application told.
+#[derive(Clone)]
+pub(super) struct Definer {
     setup: HookSetup,
     events: mpsc::UnboundedSender<HookEvent>,
 }
 
-impl Callbacks {
+impl Definer {
     /// Checks the VMI's checks and the domain, and answers the domain to define. Every
     /// problem is reported at once, as `INVALID_ARGUMENT`: the VM does not start, and the
     /// message is in virt-launcher's log and the gateway's.
-    async fn define(&self, domain_xml: &[u8], vmi: &[u8]) -> Result<Vec<u8>, Status> {
+    pub(super) async fn define(&self, domain_xml: &[u8], vmi: &[u8]) -> Result<Vec<u8>, Status> {
+        let call = self.setup.definition_call();
         let mut problems = Vec::new();
         let vmi = HookedVmi::parse(vmi);
         let checks = if self.setup.checks_from_vmi {
@@ -295,7 +382,11 @@ impl Callbacks {
         };
         let (Some(xml), true) = (xml, problems.is_empty()) else {
             for problem in &problems {
-                tracing::error!(problem, "OnDefineDomain refused: the VM will not start");
+                tracing::error!(
+                    problem,
+                    call,
+                    "the definition refused: the VM will not start"
+                );
             }
             return Err(Status::invalid_argument(format!(
                 "{HOOK_NAME}: {}",
@@ -313,16 +404,26 @@ impl Callbacks {
         match done.await {
             Ok(Ok(())) => Ok(xml),
             Ok(Err(problem)) => {
-                tracing::error!(problem, "OnDefineDomain refused: the VM will not start");
+                tracing::error!(
+                    problem,
+                    call,
+                    "the definition refused: the VM will not start"
+                );
                 Err(Status::invalid_argument(format!("{HOOK_NAME}: {problem}")))
             }
             Err(_) => Err(Status::unavailable("the gateway is shutting down")),
         }
     }
+}
+
+impl Callbacks {
+    async fn define(&self, domain_xml: &[u8], vmi: &[u8]) -> Result<Vec<u8>, Status> {
+        self.definer.define(domain_xml, vmi).await
+    }
 
     fn shutdown(&self) {
         tracing::info!("KubeVirt's Shutdown hook: QEMU has exited; stopping");
-        let _ = self.events.send(HookEvent::Shutdown);
+        let _ = self.definer.events.send(HookEvent::Shutdown);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The generated code of KubeVirt's hook protocol (`proto/kubevirt/hooks/`).
+//! The generated code of KubeVirt's hook and plugin protocols (`proto/kubevirt/hooks/`).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 
@@ -12,4 +12,8 @@ pub mod v1alpha2 {
 
 pub mod v1alpha3 {
     tonic::include_proto!("kubevirt.hooks.v1alpha3");
+}
+
+pub mod plugins {
+    tonic::include_proto!("kubevirt.hooks.plugins.v1alpha1");
 }

@@ -12,9 +12,10 @@ use crate::config::{AgentSetting, CheckSettings, GatewayFile, Overrides};
 use crate::metrics::Metrics;
 use crate::probe::{InForce, SwapOutcome};
 
-/// What `/ready` and `/live` say in hook mode before `OnDefineDomain`.
+/// What `/ready` and `/live` say in hook or plugin mode before the definition.
 pub(crate) const WAITING_FOR_DEFINITION: &str = "waiting for the VM definition: the checks come from \
-    the VMI's probe-gateway.kubevirt.io/probes annotation at KubeVirt's OnDefineDomain hook";
+    the VMI's probe-gateway.kubevirt.io/probes annotation at KubeVirt's OnDefineDomain hook \
+    (or MutateDomain plugin call)";
 
 /// What a hook sidecar knows of its VM, to resolve `vsock://vmi:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -276,17 +276,32 @@ fn the_injector_manifests_follow_the_deployment_rules() {
             serde_json::json!(["v1"]),
             "{name}"
         );
-        assert_eq!(
-            webhook["namespaceSelector"]["matchLabels"]["probe-gateway.kubevirt.io/inject"],
-            "enabled",
-            "{name}"
-        );
         let client = &webhook["clientConfig"]["service"];
         assert_eq!(
             (client["name"].as_str(), client["namespace"].as_str()),
             (Some(service_name), Some(namespace))
         );
-        assert_eq!(client["path"], "/mutate");
+        // The namespace label's value is the road: `enabled` the libvirt one (/mutate),
+        // `plugin` the plugin one (/mutate/plugin); pods name theirs in the decision.
+        let selector = &webhook["namespaceSelector"];
+        let label = "probe-gateway.kubevirt.io/inject";
+        match selector["matchLabels"][label].as_str() {
+            Some("enabled") => assert_eq!(client["path"], "/mutate", "{name}"),
+            Some("plugin") => assert_eq!(client["path"], "/mutate/plugin", "{name}"),
+            _ => {
+                let expression = &selector["matchExpressions"][0];
+                assert_eq!(
+                    (expression["key"].as_str(), expression["operator"].as_str()),
+                    (Some(label), Some("In")),
+                    "{name}"
+                );
+                assert_eq!(
+                    expression["values"],
+                    serde_json::json!(["enabled", "plugin"])
+                );
+                assert_eq!(client["path"], "/mutate", "{name}");
+            }
+        }
         for rule in webhook["rules"].as_array().unwrap() {
             for resource in rule["resources"].as_array().unwrap() {
                 for operation in rule["operations"].as_array().unwrap() {
@@ -306,6 +321,7 @@ fn the_injector_manifests_follow_the_deployment_rules() {
         }
     }
     covered.sort();
+    covered.dedup();
     assert_eq!(
         covered,
         [

@@ -381,7 +381,7 @@ async fn the_zero_touch_example_vm_is_told_it_is_taken() {
     assert_eq!(
         response["warnings"],
         json!([
-            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190"
+            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
         ])
     );
 }
