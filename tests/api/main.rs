@@ -22,6 +22,7 @@ mod faults;
 mod http_api;
 mod inject;
 mod kubevirt_hook;
+mod kubevirt_plugin;
 mod lifecycle;
 mod linkage;
 mod modes;

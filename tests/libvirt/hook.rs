@@ -5,8 +5,8 @@
 //! qemu-agent-command` keeps working on libvirt's own `org.qemu.guest_agent.0`.
 //!
 //! Only host-specific parts of the returned XML are swapped, each named in
-//! [`on_this_host`]; the channel the gateway added is kept as it returned it, but for the
-//! hooks volume's mount point.
+//! [`on_this_host`] (the plugin test uses it too); the channel the gateway added is kept as
+//! it returned it, but for the hooks volume's mount point.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ const PROBES: &str = "readinessProbe:\n  exec:\n    command: [\"cat\", \"/tmp/he
 const HOOKS_MOUNT: &str = "/var/run/kubevirt-hooks/";
 
 /// `xml` with exactly one `from` replaced by `to`; fails if `from` is not there once.
-fn swap(xml: &str, from: &str, to: &str) -> String {
+pub fn swap(xml: &str, from: &str, to: &str) -> String {
     assert_eq!(xml.matches(from).count(), 1, "{from:?} in {xml}");
     xml.replacen(from, to, 1)
 }
@@ -42,7 +42,7 @@ fn cut(xml: &str, start: &str, end: &str, count: usize) -> String {
 
 /// The domain KubeVirt would define, made to run on this host: what a launcher pod has
 /// and this machine has not.
-fn on_this_host(xml: &str, files: &GuestFiles, volume: &Path, session: &Path) -> String {
+pub fn on_this_host(xml: &str, files: &GuestFiles, session: &Path) -> String {
     // No KVM here (FIELD-NOTES §6): TCG, and Debian's QEMU binary.
     let xml = swap(xml, "<domain type=\"kvm\"", "<domain type=\"qemu\"");
     let xml = swap(
@@ -94,12 +94,6 @@ fn on_this_host(xml: &str, files: &GuestFiles, volume: &Path, session: &Path) ->
             files.console.display()
         ),
     );
-    // The hooks volume is mounted here, not at /var/run/kubevirt-hooks.
-    let xml = swap(
-        &xml,
-        &format!("path=\"{HOOKS_MOUNT}"),
-        &format!("path=\"{}/", volume.display()),
-    );
     // The test's own way into the guest (what the guest's init waits for).
     swap(
         &xml,
@@ -150,7 +144,13 @@ async fn hook_mode_probes_the_private_channel_of_a_domain_libvirt_defined_while_
 
     let name = "default_vm-fedora";
     let files = libvirt.guest_files(name);
-    let xml = on_this_host(returned, &files, &volume, libvirt.dir());
+    // The hooks volume is mounted here, not at /var/run/kubevirt-hooks.
+    let returned = swap(
+        returned,
+        &format!("path=\"{HOOKS_MOUNT}"),
+        &format!("path=\"{}/", volume.display()),
+    );
+    let xml = on_this_host(&returned, &files, libvirt.dir());
     let mut domain = libvirt.start_domain_xml(name, &xml, &files.control).await;
 
     // libvirt made both channels: its own, connected, and the gateway's, bound where the

@@ -36,4 +36,5 @@ mod harness;
 mod hook;
 mod inject;
 mod migration;
+mod plugin;
 mod session;

@@ -84,6 +84,16 @@ impl Gateway {
         Gateway::launch(dir, &all, &[("CONTAINER_NAME", "hook-sidecar-0")])
     }
 
+    /// Starts the gateway as a KubeVirt plugin sidecar on the plugin socket `socket` (no
+    /// config file: the checks come from the VMI), and extra arguments.
+    pub fn start_plugin(socket: &Path, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = socket.display().to_string();
+        let mut all = vec!["--kubevirt-plugin", "--plugin-socket", socket.as_str()];
+        all.extend_from_slice(args);
+        Gateway::launch(dir, &all, &[])
+    }
+
     /// Runs `serve` on 127.0.0.1:0 with `args` (and `env`) and waits until it listens.
     fn launch(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut all = vec!["--listen", "127.0.0.1:0"];

@@ -1,6 +1,7 @@
-//! KubeVirt's side of the hook protocol, for tests: virt-launcher's gRPC calls (through
-//! tests/hook/hook_client.py, a Python grpcio client independent of the gateway's server
-//! code), the fixtures, and reading the channels of a domain XML.
+//! KubeVirt's side of the hook and plugin protocols, for tests: virt-launcher's gRPC calls
+//! (through tests/hook/hook_client.py and tests/plugin/plugin_client.py, Python grpcio
+//! clients independent of the gateway's server code), the fixtures, and reading the
+//! channels of a domain XML.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,25 +58,48 @@ pub fn vmi_with(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
 /// Calls the hook service at `socket` with `args` (see hook_client.py) and returns its
 /// JSON answer. Fails loudly when Python's gRPC tools are missing.
 pub fn hook_call(socket: &Path, args: &[&str]) -> Value {
+    client_call("tests/hook/hook_client.py", socket, args)
+}
+
+fn client_call(client: &str, socket: &Path, args: &[&str]) -> Value {
     let output = Command::new("python3")
-        .arg(repo().join("tests/hook/hook_client.py"))
+        .arg(repo().join(client))
         .arg(socket)
         .args(args)
         .output()
-        .expect("run python3 tests/hook/hook_client.py");
+        .unwrap_or_else(|e| panic!("run python3 {client}: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "hook_client.py {args:?} failed ({}): {stderr}\n(scripts/test.sh installs grpcio and \
+        "{client} {args:?} failed ({}): {stderr}\n(scripts/test.sh installs grpcio and \
          grpcio-tools from scripts/requirements-test.txt)",
         output.status
     );
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
-            "hook_client.py printed no JSON ({e}): {}\n{stderr}",
+            "{client} printed no JSON ({e}): {}\n{stderr}",
             String::from_utf8_lossy(&output.stdout)
         )
     })
+}
+
+/// Calls the plugin service at `socket` with `args` (see plugin_client.py) and returns
+/// its JSON answer. Fails loudly when Python's gRPC tools are missing.
+pub fn plugin_call(socket: &Path, args: &[&str]) -> Value {
+    client_call("tests/plugin/plugin_client.py", socket, args)
+}
+
+/// `MutateDomain` with these files and invocation context.
+pub fn mutate(socket: &Path, domain: &Path, vmi: &Path, context: &str) -> Value {
+    plugin_call(
+        socket,
+        &[
+            "mutate",
+            &domain.display().to_string(),
+            &vmi.display().to_string(),
+            context,
+        ],
+    )
 }
 
 /// `OnDefineDomain` (v1alpha3) with these files.
