@@ -76,7 +76,11 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
         None | Some(Value::Null) => Map::new(),
         Some(value) => object(value, "metadata.annotations")?.clone(),
     };
-    if annotations.contains_key(EPHEMERAL_ANNOTATION) {
+    // An annotation in KubeVirt (template.go); a label of that name is honoured too.
+    let labels = metadata.get("labels").and_then(Value::as_object);
+    if annotations.contains_key(EPHEMERAL_ANNOTATION)
+        || labels.is_some_and(|labels| labels.contains_key(EPHEMERAL_ANNOTATION))
+    {
         return Ok(PodOutcome::Unchanged("a temporary provisioning pod"));
     }
     let Some(decided) = annotations.get(&settings.decision_annotation) else {

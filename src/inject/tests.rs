@@ -314,7 +314,7 @@ fn what_the_webhook_cannot_take_over_keeps_the_stock_probes_with_a_warning() {
 
 #[test]
 fn pods_not_decided_for_injection_are_left_alone_silently() {
-    let edits: [Edit; 4] = [
+    let edits: [Edit; 5] = [
         |pod| {
             pod["metadata"]["annotations"]
                 .as_object_mut()
@@ -327,6 +327,9 @@ fn pods_not_decided_for_injection_are_left_alone_silently() {
         },
         |pod| {
             pod["metadata"]["annotations"]["kubevirt.io/ephemeral-provisioning"] = json!("true");
+        },
+        |pod| {
+            pod["metadata"]["labels"]["kubevirt.io/ephemeral-provisioning"] = json!("true");
         },
         |pod| {
             pod["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"port": 80}});

@@ -179,9 +179,9 @@ fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
     assert!(dockerfile.contains("CMD [\"serve\"]"));
 }
 
-/// The objects of deploy/inject/injector.yaml, by kind.
+/// The objects of deploy/injector/injector.yaml, by kind.
 fn injector_objects() -> Vec<Value> {
-    let text = std::fs::read_to_string(repo().join("deploy/inject/injector.yaml")).expect("read");
+    let text = std::fs::read_to_string(repo().join("deploy/injector/injector.yaml")).expect("read");
     serde_saphyr::from_multiple(&text).expect("YAML documents")
 }
 
@@ -189,7 +189,7 @@ fn object<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     objects
         .iter()
         .find(|o| o["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in deploy/inject/injector.yaml"))
+        .unwrap_or_else(|| panic!("no {kind} in deploy/injector/injector.yaml"))
 }
 
 /// The injector's install: no API access asked for, never in the way of a VM (Ignore,
@@ -368,15 +368,93 @@ fn the_injector_settings_in_deploy_are_accepted() {
 /// guestAgentPing probes, a masquerade interface with ports outside the gateway's.
 #[test]
 fn the_zero_touch_example_is_a_stock_vm_the_injector_takes() {
-    let text = std::fs::read_to_string(repo().join("deploy/inject/vm-zero-touch.yaml")).unwrap();
+    let text = std::fs::read_to_string(repo().join("deploy/injector/vm-zero-touch.yaml")).unwrap();
     assert!(!text.contains("probe-gateway.kubevirt.io/probes"));
     assert!(!text.contains("hooks.kubevirt.io"));
-    let path = repo().join("deploy/inject/vm-zero-touch.yaml");
+    let path = repo().join("deploy/injector/vm-zero-touch.yaml");
     let (code, stdout, stderr) =
         run_cli(&["validate", "--config", &path.display().to_string()], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("VirtualMachine (checks from its probes)"),
         "{stdout}"
+    );
+}
+
+/// deploy/plugin/plugin.yaml against the plugin API's fields as KubeVirt defines them
+/// (`staging/src/kubevirt.io/api/plugin/v1alpha1/types.go` at d923fdb815, the same at
+/// v1.9.0): no field the API lacks (the apiserver would prune or refuse it), values of the
+/// right form, the socket where `serve --kubevirt-plugin` listens by default, the webhook
+/// named the injector's.
+#[test]
+fn the_plugin_manifest_has_only_the_plugin_apis_fields() {
+    let text = std::fs::read_to_string(repo().join("deploy/plugin/plugin.yaml")).unwrap();
+    let plugin: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(plugin["apiVersion"], "plugin.kubevirt.io/v1alpha1");
+    assert_eq!(plugin["kind"], "Plugin");
+    assert!(
+        plugin["metadata"]["namespace"].is_null(),
+        "Plugin is cluster-scoped"
+    );
+    let only = |value: &Value, fields: &[&str], what: &str| {
+        for key in value.as_object().unwrap().keys() {
+            assert!(
+                fields.contains(&key.as_str()),
+                "{what}.{key} is not a field of the API"
+            );
+        }
+    };
+    only(&plugin, &["apiVersion", "kind", "metadata", "spec"], "");
+    let spec = &plugin["spec"];
+    only(
+        spec,
+        &[
+            "condition",
+            "failureStrategy",
+            "domainHooks",
+            "nodeHooks",
+            "mutatingAdmissionPolicies",
+            "validatingAdmissionPolicies",
+            "mutatingAdmissionWebhooks",
+            "validatingAdmissionWebhooks",
+        ],
+        "spec",
+    );
+    let strategies = ["Fail", "Ignore"];
+    assert!(strategies.contains(&spec["failureStrategy"].as_str().unwrap()));
+    let hooks = spec["domainHooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    only(
+        hook,
+        &["cel", "sidecar", "condition", "failureStrategy", "timeout"],
+        "domainHooks[0]",
+    );
+    only(&hook["sidecar"], &["socketPath"], "domainHooks[0].sidecar");
+    assert_eq!(
+        hook["sidecar"]["socketPath"], "/var/run/kubevirt-plugin/probe-gateway/domain-hook.sock",
+        "serve --kubevirt-plugin's default --plugin-socket"
+    );
+    assert_eq!(hook["failureStrategy"], "Ignore");
+    // A Go duration (metav1.Duration), at most KubeVirt's 30 s default.
+    let timeout = hook["timeout"].as_str().unwrap();
+    let seconds: u64 = timeout.strip_suffix('s').unwrap().parse().unwrap();
+    assert!((1..=30).contains(&seconds), "{timeout}");
+    let condition = hook["condition"].as_str().unwrap();
+    assert!(
+        condition.starts_with("\"probe-gateway.kubevirt.io/decision\" in vmi.Annotations &&"),
+        "{condition}"
+    );
+    assert!(
+        spec["condition"].is_null(),
+        "the filter is on the hook (docs/inject.md, \"The plugin road\")"
+    );
+    for reference in spec["mutatingAdmissionWebhooks"].as_array().unwrap() {
+        only(reference, &["name"], "spec.mutatingAdmissionWebhooks[]");
+    }
+    let objects = injector_objects();
+    assert_eq!(
+        spec["mutatingAdmissionWebhooks"][0]["name"],
+        object(&objects, "MutatingWebhookConfiguration")["metadata"]["name"]
     );
 }

@@ -174,6 +174,24 @@ async fn what_is_not_a_review_gets_a_clear_refusal_and_the_webhook_keeps_serving
             .text()
             .contains("this webhook serves admission.k8s.io/v1 only")
     );
+    // Empty, and cut short: the apiserver never sends these, but nothing breaks.
+    let reply = injector.https("POST", "/mutate", b"").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.text().starts_with("the body is not JSON: EOF"),
+        "{}",
+        reply.text()
+    );
+    let whole = review_of("", "Pod", "CREATE", &fixture("launcher-pod.json"));
+    let reply = injector
+        .https("POST", "/mutate", &whole[..whole.len() / 2])
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.text().starts_with("the body is not JSON: "),
+        "{}",
+        reply.text()
+    );
     assert_eq!(injector.https("GET", "/mutate", b"").await.status, 405);
     assert_eq!(injector.https("POST", "/validate", b"{}").await.status, 404);
     // Over the bound: refused unread.
@@ -198,7 +216,7 @@ async fn what_is_not_a_review_gets_a_clear_refusal_and_the_webhook_keeps_serving
         injector
             .metric("probe_gateway_inject_bad_requests_total")
             .await,
-        2.0
+        4.0
     );
 }
 
@@ -364,7 +382,7 @@ async fn sigterm_ends_the_webhook_with_exit_0() {
 async fn the_zero_touch_example_vm_is_told_it_is_taken() {
     let (_ca, _dir, injector) = started(&[]);
     let text = std::fs::read_to_string(
-        crate::support::hook::repo().join("deploy/inject/vm-zero-touch.yaml"),
+        crate::support::hook::repo().join("deploy/injector/vm-zero-touch.yaml"),
     )
     .unwrap();
     let mut vm: Value = serde_saphyr::from_str(&text).unwrap();
@@ -383,5 +401,74 @@ async fn the_zero_touch_example_vm_is_told_it_is_taken() {
         json!([
             "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
         ])
+    );
+}
+
+/// Without cert-manager: scripts/injector-certs.sh's CA and certificate serve HTTPS that a
+/// client verifies as the apiserver does (the CA as caBundle, the Service's DNS name), and
+/// its caBundle patch covers every webhook of deploy/injector/injector.yaml.
+#[tokio::test]
+async fn the_manual_certificate_script_serves_https_the_apiserver_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let script = crate::support::hook::repo().join("scripts/injector-certs.sh");
+    let run = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "injector-certs.sh: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ca = std::fs::read(out.join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject as _;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let injector = Injector::start_trusting(
+        roots,
+        "probe-gateway-inject.virt-probe-gateway.svc",
+        &out.join("tls.crt"),
+        &out.join("tls.key"),
+        &["--image", IMAGE],
+    );
+    let reply = injector
+        .https(
+            "POST",
+            "/mutate",
+            &review_of("", "Pod", "CREATE", &fixture("launcher-pod.json")),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&ca);
+    let patch: Value =
+        serde_json::from_slice(&std::fs::read(out.join("cabundle-patch.json")).unwrap()).unwrap();
+    let manifests =
+        std::fs::read_to_string(crate::support::hook::repo().join("deploy/injector/injector.yaml"))
+            .unwrap();
+    let objects: Vec<Value> = serde_saphyr::from_multiple(&manifests).unwrap();
+    let configuration = objects
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    let webhooks = configuration["webhooks"].as_array().unwrap().len();
+    let operations = patch.as_array().unwrap();
+    assert_eq!(operations.len(), webhooks, "one caBundle per webhook");
+    for (i, operation) in operations.iter().enumerate() {
+        assert_eq!(
+            operation["path"],
+            format!("/webhooks/{i}/clientConfig/caBundle")
+        );
+        assert_eq!(operation["value"], bundle);
+    }
+    let secret = std::fs::read_to_string(out.join("secret.yaml")).unwrap();
+    assert!(
+        secret.contains("name: probe-gateway-inject-tls"),
+        "{secret}"
     );
 }

@@ -21,6 +21,7 @@ mod deploy;
 mod faults;
 mod http_api;
 mod inject;
+mod inject_fixtures;
 mod kubevirt_hook;
 mod kubevirt_plugin;
 mod lifecycle;

@@ -41,7 +41,7 @@ pub fn libvirt_binary() -> PathBuf {
 /// not JSON is kept as `{"raw": LINE}`).
 pub struct LibvirtGateway {
     child: Child,
-    address: SocketAddr,
+    pub address: SocketAddr,
     logs: Arc<Mutex<Vec<Value>>>,
     client: reqwest::Client,
 }

@@ -6,6 +6,9 @@
 //! read-only root; and kubelet's rewritten probes, by the path and port the patch gave
 //! them, answer through libvirt.
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 
 use crate::gateway::{LibvirtGateway, SECOND, libvirt_binary};
@@ -82,27 +85,66 @@ async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_t
     let unset = ["XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
     let gateway = LibvirtGateway::spawn_without(&libvirt, &libvirt_binary(), &[], &run_env, &unset);
 
-    // kubelet's probes, as the patched compute container has them.
+    // kubelet's probes, as the patched compute container has them, fetched as kubelet
+    // fetches them.
     let compute = &patched["spec"]["containers"][0];
-    let path = |probe: &str| {
-        compute[probe]["httpGet"]["path"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(compute["livenessProbe"]["httpGet"]["port"], 8190);
-    let live = gateway
-        .await_status(&path("livenessProbe"), 200, 60 * SECOND)
-        .await;
-    assert_eq!(live["result"], "success", "{live}");
-    let (status, ready, _) = gateway.report(&path("readinessProbe")).await;
-    assert_eq!(status, 503, "{ready}");
-    assert_eq!(ready["reason"], "exec: exit code 1", "{ready}");
+    let readiness = KubeletProbe::of(&compute["readinessProbe"]);
+    let liveness = KubeletProbe::of(&compute["livenessProbe"]);
+    assert_eq!(
+        (
+            readiness.port,
+            liveness.port,
+            readiness.timeout,
+            liveness.timeout
+        ),
+        (8190, 8190, 6 * SECOND, 2 * SECOND),
+        "the rewritten probes keep KubeVirt's timeouts (the check's + 1)"
+    );
+    let address = gateway.address;
+    liveness.until(address, 200, 60 * SECOND).await;
+    let (status, body) = readiness.fetch(address).await;
+    assert_eq!((status, body.as_str()), (503, "exec: exit code 1\n"));
     domain.control.sh("echo ok > /tmp/healthy.txt").await;
-    let ready = gateway
-        .await_status(&path("readinessProbe"), 200, 10 * SECOND)
-        .await;
-    assert_eq!(ready["result"], "success", "{ready}");
+    readiness.until(address, 200, 10 * SECOND).await;
+    // The checked file removed in the guest: not ready; put back: ready again.
+    domain.control.sh("rm /tmp/healthy.txt").await;
+    readiness.until(address, 503, 10 * SECOND).await;
+    domain.control.sh("echo ok > /tmp/healthy.txt").await;
+    readiness.until(address, 200, 10 * SECOND).await;
+    // Suspended: alive, not ready, naming the state (docs/libvirt.md's table). Within the
+    // settings' minIntervalSeconds (1 s) the result before may be answered again.
+    libvirt.virsh_ok(&["suspend", &domain.name]);
+    let body = readiness.until(address, 503, 10 * SECOND).await;
+    assert_eq!(body, "domain paused (user)\n");
+    let (status, body) = liveness.fetch(address).await;
+    assert_eq!(status, 200, "{body}");
+    libvirt.virsh_ok(&["resume", &domain.name]);
+    readiness.until(address, 200, 10 * SECOND).await;
+    liveness.until(address, 200, 10 * SECOND).await;
+
+    // The gateway container exits; kubelet restarts it (a native sidecar). From its start
+    // to its first passing liveness answer, against what compute's liveness allows.
+    let logs_clean = gateway.raw_lines().is_empty();
+    drop(gateway);
+    let restarted = Instant::now();
+    let gateway = LibvirtGateway::spawn_without(&libvirt, &libvirt_binary(), &[], &run_env, &unset);
+    liveness.until(gateway.address, 200, 30 * SECOND).await;
+    let back = restarted.elapsed();
+    // Readiness has no grace: its first pass is a check through libvirt to the guest.
+    readiness.until(gateway.address, 200, 30 * SECOND).await;
+    let checked = restarted.elapsed();
+    let allowed = liveness.period * liveness.failure_threshold;
+    eprintln!(
+        "gateway restart: first passing liveness answer {:.0} ms after its start, first check through libvirt passing {:.0} ms after; compute's liveness allows {} s ({} failures x {} s)",
+        back.as_secs_f64() * 1000.0,
+        checked.as_secs_f64() * 1000.0,
+        allowed.as_secs(),
+        liveness.failure_threshold,
+        liveness.period.as_secs()
+    );
+    assert!(checked < allowed, "{checked:?} against {allowed:?}");
+    assert!(back < allowed, "{back:?} against {allowed:?}");
+    assert!(logs_clean);
 
     // `kubectl exec -c probe-gateway -- virt-probe-gateway-libvirt check liveness`: the
     // container's own config, from its environment.
@@ -123,4 +165,70 @@ async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_t
     );
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("liveness: ok"));
     assert_eq!(gateway.raw_lines(), Vec::<String>::new());
+}
+
+/// A probe of the patched compute container, fetched as kubelet fetches it: a new
+/// connection per probe, `User-Agent: kube-probe/<major>.<minor>`, `Accept: */*`, the
+/// probe's `timeoutSeconds` over the whole request, at most 10 KiB of body read.
+struct KubeletProbe {
+    path: String,
+    port: u16,
+    timeout: Duration,
+    period: Duration,
+    failure_threshold: u32,
+}
+
+impl KubeletProbe {
+    fn of(probe: &Value) -> KubeletProbe {
+        let seconds = |field: &str| Duration::from_secs(probe[field].as_u64().unwrap());
+        KubeletProbe {
+            path: probe["httpGet"]["path"].as_str().unwrap().to_string(),
+            port: u16::try_from(probe["httpGet"]["port"].as_u64().unwrap()).unwrap(),
+            timeout: seconds("timeoutSeconds"),
+            period: seconds("periodSeconds"),
+            failure_threshold: u32::try_from(probe["failureThreshold"].as_u64().unwrap()).unwrap(),
+        }
+    }
+
+    /// The status and body, or 0 and the error (a failure to kubelet).
+    async fn fetch(&self, address: SocketAddr) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(self.timeout)
+            .build()
+            .unwrap();
+        // The gateway's port here is the test's; the pod's is `self.port`.
+        let sent = client
+            .get(format!("http://{address}{}", self.path))
+            .header("User-Agent", "kube-probe/1.33")
+            .header("Accept", "*/*")
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.bytes().await.unwrap_or_default();
+                let body = &body[..body.len().min(10 * 1024)];
+                (status, String::from_utf8_lossy(body).into_owned())
+            }
+            Err(error) => (0, error.to_string()),
+        }
+    }
+
+    /// Fetches until the status is `status`, within `limit`; the body then.
+    async fn until(&self, address: SocketAddr, status: u16, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (got, body) = self.fetch(address).await;
+            if got == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still {got} after {limit:?}: {body}",
+                self.path
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

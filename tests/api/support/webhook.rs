@@ -117,11 +117,27 @@ pub struct Injector {
     pub metrics_address: SocketAddr,
     logs: Arc<Mutex<Vec<Value>>>,
     roots: Arc<rustls::RootCertStore>,
+    /// The name the client asks for and verifies (the Service's DNS name, in a cluster).
+    server_name: String,
 }
 
 impl Injector {
     /// Starts `inject` with the certificate files given and `args`; waits until it listens.
+    /// Its client trusts `ca` and verifies `localhost`.
     pub fn start(ca: &TestCa, cert: &Path, key: &Path, args: &[&str]) -> Injector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der()).unwrap();
+        Injector::start_trusting(roots, "localhost", cert, key, args)
+    }
+
+    /// [`Injector::start`] with a client that trusts `roots` and verifies `server_name`.
+    pub fn start_trusting(
+        roots: rustls::RootCertStore,
+        server_name: &str,
+        cert: &Path,
+        key: &Path,
+        args: &[&str],
+    ) -> Injector {
         let mut child = Command::new(BINARY)
             .arg("inject")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
@@ -167,14 +183,13 @@ impl Injector {
                         logs.lock().unwrap()
                     )
                 });
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der()).unwrap();
         Injector {
             child,
             address: address.parse().unwrap(),
             metrics_address: metrics_address.parse().unwrap(),
             logs,
             roots: Arc::new(roots),
+            server_name: server_name.to_string(),
         }
     }
 
@@ -190,7 +205,7 @@ impl Injector {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(self.address).await.unwrap();
         let mut tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .connect(ServerName::try_from(self.server_name.clone()).unwrap(), tcp)
             .await
             .expect("TLS handshake with the webhook");
         let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
