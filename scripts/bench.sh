@@ -13,6 +13,7 @@ source scripts/lib.sh
 
 ensure_qemu_ga
 ensure_libvirt
+ensure_openssl
 command -v taskset >/dev/null || apt_install util-linux
 
 # The same builds as the image's (docker/Dockerfile): the default binary, and the libvirt

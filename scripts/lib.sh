@@ -78,3 +78,14 @@ ensure_cargo_deny() {
   echo "cargo-deny $CARGO_DENY_VERSION not found: installing it from crates.io" >&2
   cargo install --locked cargo-deny --version "$CARGO_DENY_VERSION"
 }
+
+# openssl, for scripts/injector-certs.sh (the injector's certificate without cert-manager),
+# which a test and the benchmark run. Debian has it on most machines; installed if not.
+ensure_openssl() {
+  command -v openssl >/dev/null && return 0
+  echo "openssl not found: installing Debian's openssl" >&2
+  apt_install openssl || {
+    echo "error: openssl is not installed and this user cannot install it; run: apt-get install openssl" >&2
+    return 1
+  }
+}

@@ -16,6 +16,7 @@ if command -v qemu-system-x86_64 >/dev/null; then
   bash tests/vm/build-guest.sh >/dev/null
 fi
 ensure_libvirt
+ensure_openssl
 echo "libvirt: $(virsh --version) (libvirt-dev $(pkg-config --modversion libvirt))"
 
 # Python tools the tests call (a real Prometheus/OpenMetrics parser).

@@ -11,6 +11,7 @@
 mod agent;
 mod gateway;
 mod http;
+mod inject;
 mod libvirt;
 mod relay;
 mod stats;
@@ -38,6 +39,8 @@ struct Plan {
     execs: usize,
     load_time: Duration,
     leak_probes: usize,
+    /// AdmissionReviews timed in the injector phase (and after which its memory is read).
+    reviews: usize,
     startups: usize,
     /// How long the gateway's idle CPU is measured.
     idle_time: Duration,
@@ -53,6 +56,7 @@ const FULL: Plan = Plan {
     execs: 500,
     load_time: Duration::from_secs(4),
     leak_probes: 100_000,
+    reviews: 100_000,
     startups: 30,
     idle_time: Duration::from_secs(10),
     cpu_rounds: 10,
@@ -67,6 +71,7 @@ const QUICK: Plan = Plan {
     execs: 20,
     load_time: Duration::from_millis(500),
     leak_probes: 2_000,
+    reviews: 2_000,
     startups: 3,
     idle_time: Duration::from_secs(1),
     cpu_rounds: 3,
@@ -133,6 +138,10 @@ fn main() {
     cost_table(&mut report, &unpinned, pinned.as_ref());
     load_table(&mut report, &unpinned, pinned.as_ref());
     footprint_table(&mut report, &memory, &startup, &binary);
+    eprintln!("bench: the injector");
+    let repo = std::env::current_dir().expect("the repository (scripts/bench.sh runs there)");
+    let reviews = inject::run(&binary, &repo, plan.reviews);
+    inject::tables(&mut report, &reviews);
     if let Some(session) = &session {
         eprintln!("bench: the libvirt path");
         let results = libvirt::run(
