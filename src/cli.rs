@@ -52,9 +52,38 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the HTTP API's OpenAPI document (JSON).
     Openapi,
-    /// Serve the mutating admission webhook that puts the gateway into virt-launcher pods (deploy/README.md).
-    Inject(InjectArgs),
+    /// Serve the mutating admission webhook that puts the gateway into virt-launcher pods (deploy/README.md). Runs the binary virt-probe-gateway-inject installed beside this one: `virt-probe-gateway inject --help` shows its options.
+    #[command(disable_help_flag = true)]
+    Inject(InjectPassthrough),
 }
+
+/// `inject`'s arguments, handed to `virt-probe-gateway-inject` as they are: the webhook is
+/// a binary of its own, so that the gateway beside every VM does not carry its HTTPS and
+/// Kubernetes types (4 MiB of binary, BENCHMARKS.md).
+#[derive(Debug, clap::Args)]
+pub struct InjectPassthrough {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+/// `virt-probe-gateway-inject`'s command line: [`InjectArgs`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "virt-probe-gateway inject",
+    version,
+    about = "The mutating admission webhook that puts virt-probe-gateway into virt-launcher pods and points their probes at it"
+)]
+pub struct InjectCli {
+    #[command(flatten)]
+    pub args: InjectArgs,
+}
+
+/// The webhook's binary, beside this one.
+pub const INJECT_BINARY: &str = "virt-probe-gateway-inject";
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -215,6 +244,30 @@ pub struct InjectArgs {
     /// The annotation with which a VM or VMI chooses its road, "libvirt" or "plugin", over its namespace's [default: probe-gateway.kubevirt.io/road].
     #[arg(long, env = "PROBE_GATEWAY_INJECT_ROAD_ANNOTATION", value_name = "KEY")]
     pub road_annotation: Option<String>,
+    /// The gateway container's CPU request, over the settings file's [default: 5m].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_REQUESTS_CPU",
+        value_name = "QUANTITY"
+    )]
+    pub requests_cpu: Option<String>,
+    /// Its memory request [default: 32Mi].
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_REQUESTS_MEMORY",
+        value_name = "QUANTITY"
+    )]
+    pub requests_memory: Option<String>,
+    /// Its CPU limit [default: 100m]; with dedicated CPUs or Guaranteed QoS, the request too.
+    #[arg(long, env = "PROBE_GATEWAY_INJECT_LIMITS_CPU", value_name = "QUANTITY")]
+    pub limits_cpu: Option<String>,
+    /// Its memory limit [default: 64Mi]; with dedicated CPUs or Guaranteed QoS, the request too.
+    #[arg(
+        long,
+        env = "PROBE_GATEWAY_INJECT_LIMITS_MEMORY",
+        value_name = "QUANTITY"
+    )]
+    pub limits_memory: Option<String>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds to finish in-flight reviews after SIGTERM [default: 5].
@@ -244,7 +297,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{}", crate::http::openapi::document());
             ExitCode::SUCCESS
         }
-        Command::Inject(args) => inject(args),
+        Command::Inject(passthrough) => run_injector_beside(passthrough.args),
     }
 }
 
@@ -433,7 +486,28 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
-fn inject(args: InjectArgs) -> ExitCode {
+/// Replaces this process with `virt-probe-gateway-inject ARGS` from this binary's
+/// directory (the image installs both in /usr/local/bin).
+fn run_injector_beside(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let binary = match std::env::current_exe() {
+        Ok(this) => this.with_file_name(INJECT_BINARY),
+        Err(error) => {
+            eprintln!("error: cannot find this binary's directory: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let error = std::process::Command::new(&binary).args(args).exec();
+    eprintln!(
+        "error: cannot run {}: {error} (`virt-probe-gateway inject` runs the webhook's binary, \
+         installed beside this one)",
+        binary.display()
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Runs `virt-probe-gateway-inject` (`virt-probe-gateway inject`): the webhook until SIGTERM.
+pub fn run_inject(args: InjectArgs) -> ExitCode {
     telemetry::init(args.log_format);
     let file = match &args.config {
         Some(path) => {
@@ -545,6 +619,19 @@ fn inject_flags(args: &InjectArgs) -> Result<InjectFile, Vec<String>> {
             secrets.push(name);
         }
     }
+    let mut quantity = |flag: &str, text: &Option<String>| {
+        text.as_deref().and_then(|text| {
+            config::Quantity::parse(text)
+                .map_err(|why| errors.push(format!("{flag}: {why}")))
+                .ok()
+        })
+    };
+    let resource_flags = config::ResourceFlags {
+        requests_cpu: quantity("--requests-cpu", &args.requests_cpu),
+        requests_memory: quantity("--requests-memory", &args.requests_memory),
+        limits_cpu: quantity("--limits-cpu", &args.limits_cpu),
+        limits_memory: quantity("--limits-memory", &args.limits_memory),
+    };
     if args.port == Some(0) {
         errors.push("--port: must be at least 1".to_string());
     }
@@ -563,5 +650,6 @@ fn inject_flags(args: &InjectArgs) -> Result<InjectFile, Vec<String>> {
         decision_annotation,
         opt_out_annotation,
         road_annotation,
+        resource_flags,
     })
 }

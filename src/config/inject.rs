@@ -116,6 +116,17 @@ pub(crate) struct InjectFile {
     pub decision_annotation: Option<String>,
     pub opt_out_annotation: Option<String>,
     pub road_annotation: Option<String>,
+    /// Single quantities over `resources` (the command line's `--requests-cpu`, ...).
+    pub resource_flags: ResourceFlags,
+}
+
+/// The gateway's quantities set one by one (flags), over the file's `resources`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ResourceFlags {
+    pub requests_cpu: Option<Quantity>,
+    pub requests_memory: Option<Quantity>,
+    pub limits_cpu: Option<Quantity>,
+    pub limits_memory: Option<Quantity>,
 }
 
 /// The webhook's settings in force.
@@ -153,7 +164,10 @@ impl InjectSettings {
                 .min_interval_seconds
                 .or(file.min_interval_seconds)
                 .unwrap_or(DEFAULT_MIN_INTERVAL_SECONDS),
-            resources: flags.resources.or(file.resources).unwrap_or_default(),
+            resources: resources(
+                flags.resources.or(file.resources).unwrap_or_default(),
+                &flags.resource_flags,
+            )?,
             image_pull_secrets: flags
                 .image_pull_secrets
                 .or(file.image_pull_secrets)
@@ -171,6 +185,44 @@ impl InjectSettings {
                 .or(file.road_annotation)
                 .unwrap_or_else(|| DEFAULT_ROAD_ANNOTATION.to_string()),
         })
+    }
+}
+
+/// `base` with the quantities the command line sets, checked again: a request above its
+/// limit would make an invalid pod.
+fn resources(
+    mut base: GatewayResources,
+    flags: &ResourceFlags,
+) -> Result<GatewayResources, ConfigErrors> {
+    for (flag, target) in [
+        (&flags.requests_cpu, &mut base.requests.cpu),
+        (&flags.requests_memory, &mut base.requests.memory),
+        (&flags.limits_cpu, &mut base.limits.cpu),
+        (&flags.limits_memory, &mut base.limits.memory),
+    ] {
+        if let Some(quantity) = flag {
+            *target = quantity.clone();
+        }
+    }
+    let mut errors = Vec::new();
+    for (name, request, limit) in [
+        ("cpu", &base.requests.cpu, &base.limits.cpu),
+        ("memory", &base.requests.memory, &base.limits.memory),
+    ] {
+        if request > limit {
+            errors.push(ConfigError {
+                path: format!("resources.requests.{name}"),
+                message: format!(
+                    "must not exceed limits.{name} ({request} > {limit}, flags and file \
+                     together): the pod would be invalid"
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(base)
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 
@@ -215,6 +267,7 @@ fn read_inject_file(map: &Map<String, Value>, errors: &mut Errors) -> InjectFile
         road_annotation: read_field(map, &root, "roadAnnotation", errors, |v| {
             string(v).and_then(annotation_key)
         }),
+        resource_flags: ResourceFlags::default(),
     }
 }
 
@@ -437,6 +490,39 @@ mod tests {
                 "{start}: {found:#?}"
             );
         }
+    }
+
+    #[test]
+    fn resource_flags_set_single_quantities_and_are_checked_with_the_file() {
+        let file = parse_inject_file(&format!(
+            "image: {DIGEST}\nresources:\n  requests: {{cpu: 10m, memory: 40Mi}}\n  limits: {{cpu: 200m, memory: 80Mi}}\n"
+        ))
+        .unwrap();
+        let q = |text: &str| Some(Quantity::parse(text).unwrap());
+        let flags = InjectFile {
+            resource_flags: ResourceFlags {
+                limits_memory: q("128Mi"),
+                ..ResourceFlags::default()
+            },
+            ..InjectFile::default()
+        };
+        let settings = InjectSettings::resolve(file.clone(), flags).unwrap();
+        assert_eq!(settings.resources.limits.memory.as_str(), "128Mi");
+        assert_eq!(settings.resources.requests.memory.as_str(), "40Mi");
+        let flags = InjectFile {
+            resource_flags: ResourceFlags {
+                requests_cpu: q("1"),
+                ..ResourceFlags::default()
+            },
+            ..InjectFile::default()
+        };
+        let error = InjectSettings::resolve(file, flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("resources.requests.cpu: must not exceed limits.cpu (1 > 200m"),
+            "{error}"
+        );
     }
 
     #[test]

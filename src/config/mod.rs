@@ -36,7 +36,8 @@ use std::time::Duration;
 pub(crate) use agent_setting::{AgentSetting, VSOCK_OF_VMI_NEEDS_HOOK};
 pub(crate) use document::parse_document;
 pub(crate) use inject::{
-    ImageByDigest, InjectFile, InjectSettings, annotation_key, object_name, parse_inject_file,
+    ImageByDigest, InjectFile, InjectSettings, ResourceFlags, annotation_key, object_name,
+    parse_inject_file,
 };
 pub(crate) use libvirt::{LIBVIRT_NOT_BUILT_IN, LibvirtDomain, LibvirtUri};
 pub(crate) use quantity::Quantity;

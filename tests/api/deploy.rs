@@ -143,7 +143,7 @@ fn the_dockerfile_builds_with_the_commands_ci_runs() {
     );
 }
 
-/// Both binaries reach the image from the builds above, under their own names, and the
+/// The binaries reach the image from the builds above, under their own names, and the
 /// libvirt one's libraries come with them; the default entry point stays the default
 /// binary.
 #[test]
@@ -152,6 +152,7 @@ fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
     let run = dockerfile_run_commands(&dockerfile);
     for command in [
         "install -D -m 0755 target/release/virt-probe-gateway /out/virt-probe-gateway",
+        "install -D -m 0755 target/release/virt-probe-gateway-inject /out/virt-probe-gateway-inject",
         "install -D -m 0755 target/libvirt/release/virt-probe-gateway /out/virt-probe-gateway-libvirt",
         "sh docker/copy-closure.sh /out/virt-probe-gateway-libvirt /out/root",
     ] {
@@ -163,6 +164,7 @@ fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
     for copy in [
         "COPY --from=build /out/root/ /",
         "COPY --from=build /out/virt-probe-gateway /usr/local/bin/virt-probe-gateway",
+        "COPY --from=build /out/virt-probe-gateway-inject /usr/local/bin/virt-probe-gateway-inject",
         "COPY --from=build /out/virt-probe-gateway-libvirt /usr/local/bin/virt-probe-gateway-libvirt",
     ] {
         assert!(

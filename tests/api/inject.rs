@@ -249,7 +249,14 @@ async fn settings_from_a_file_and_flags_reach_the_patch() {
         &ca,
         &cert,
         &key,
-        &["--config", settings.to_str().unwrap(), "--port", "9100"],
+        &[
+            "--config",
+            settings.to_str().unwrap(),
+            "--port",
+            "9100",
+            "--limits-memory",
+            "96Mi",
+        ],
     );
     let mut pod = fixture("launcher-pod.json");
     // The port the VMI was decided for wins over the setting.
@@ -263,7 +270,7 @@ async fn settings_from_a_file_and_flags_reach_the_patch() {
     assert_eq!(gateway["ports"][0]["containerPort"], 9100);
     assert_eq!(
         gateway["resources"]["limits"],
-        json!({"cpu": "200m", "memory": "80Mi"})
+        json!({"cpu": "200m", "memory": "96Mi"})
     );
     assert_eq!(
         patched["spec"]["imagePullSecrets"],

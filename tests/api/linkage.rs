@@ -78,11 +78,21 @@ fn libvirt_binary_or_skip(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// The test binary is the default build only when the tests are built without the feature.
+/// The test binaries are the default build only when the tests are built without the
+/// feature. The webhook's binary never links libvirt (issue 15).
 #[cfg(not(feature = "libvirt"))]
 #[test]
-fn the_default_binary_does_not_load_libvirt() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_virt-probe-gateway"));
+fn the_default_binary_and_the_webhooks_do_not_load_libvirt() {
+    for binary in [
+        env!("CARGO_BIN_EXE_virt-probe-gateway"),
+        env!("CARGO_BIN_EXE_virt-probe-gateway-inject"),
+    ] {
+        assert_no_libvirt(Path::new(binary));
+    }
+}
+
+#[cfg(not(feature = "libvirt"))]
+fn assert_no_libvirt(binary: &Path) {
     let output = Command::new("ldd")
         .arg(binary)
         .output()
