@@ -249,7 +249,7 @@ fn a_pod_to_be_guaranteed_gets_requests_equal_to_limits() {
 
 #[test]
 fn what_the_webhook_cannot_take_over_keeps_the_stock_probes_with_a_warning() {
-    let cases: [(&str, Edit, &str); 5] = [
+    let cases: [(&str, Edit, &str); 6] = [
         (
             "root",
             |pod| {
@@ -294,6 +294,13 @@ fn what_the_webhook_cannot_take_over_keeps_the_stock_probes_with_a_warning() {
                     .retain(|v| v["name"] != "libvirt-runtime");
             },
             "it has no libvirt-runtime volume",
+        ),
+        (
+            "no compute container",
+            |pod| {
+                pod["spec"]["containers"][0]["name"] = json!("not-compute");
+            },
+            "it has no compute container",
         ),
     ];
     for (case, edit, says) in cases {
