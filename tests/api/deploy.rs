@@ -144,8 +144,8 @@ fn the_dockerfile_builds_with_the_commands_ci_runs() {
 }
 
 /// The binaries reach the image from the builds above, under their own names, and the
-/// libvirt one's libraries come with them; the default entry point stays the default
-/// binary.
+/// libvirt one's libraries come with them, as does the gateway's own licence; the
+/// default entry point stays the default binary.
 #[test]
 fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
     let dockerfile = std::fs::read_to_string(repo().join("docker/Dockerfile")).expect("Dockerfile");
@@ -166,6 +166,7 @@ fn the_image_holds_both_binaries_and_the_libvirt_libraries() {
         "COPY --from=build /out/virt-probe-gateway /usr/local/bin/virt-probe-gateway",
         "COPY --from=build /out/virt-probe-gateway-inject /usr/local/bin/virt-probe-gateway-inject",
         "COPY --from=build /out/virt-probe-gateway-libvirt /usr/local/bin/virt-probe-gateway-libvirt",
+        "COPY LICENSE /usr/share/doc/virt-probe-gateway/LICENSE",
     ] {
         assert!(
             dockerfile.lines().any(|l| l.trim() == copy),
