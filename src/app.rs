@@ -4,11 +4,13 @@
 //! Shutdown hook, then drains in-flight requests within the shutdown grace and closes the
 //! agent connection.
 //!
-//! Only the wiring lives here: reloads are [`crate::reload`]'s, what the VM's definition
+//! Only the wiring lives here: reloads are [`crate::reload`]'s, the maintenance pause
+//! [`crate::maintenance`]'s, what the VM's definition
 //! brings is [`crate::kubevirt::vm`]'s, the policy for replacing the checks in force is
 //! [`crate::probe::InForce`]'s. Nothing the main loop does waits on an agent.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +24,9 @@ use crate::kubevirt::vm::apply_definition;
 use crate::kubevirt::{
     HookEvent, HookServer, HookSetup, VmKnowledge, WAITING_FOR_DEFINITION, hook::HookError,
 };
+use crate::maintenance::PauseFollower;
 use crate::metrics::Metrics;
-use crate::probe::InForce;
+use crate::probe::{InForce, never_paused};
 use crate::reload::{ConfigReloader, ConfigSource, or_never};
 
 /// Why the gateway could not start.
@@ -57,6 +60,8 @@ pub(crate) struct Application {
     hook: Option<Hook>,
     /// SIGHUP, and the config file's changes when there is a file.
     reloader: ConfigReloader,
+    /// Follows the pod's annotations for a maintenance pause, when given them.
+    _pause_follower: Option<PauseFollower>,
     shutdown_grace: Duration,
 }
 
@@ -70,6 +75,7 @@ impl Application {
         settings: Settings,
         hook_mode: Option<HookMode>,
         config: Option<(ConfigSource, String)>,
+        pod_annotations: Option<PathBuf>,
     ) -> Result<Application, StartError> {
         let listen = settings.server.listen;
         let listener = bind(listen)?;
@@ -85,7 +91,15 @@ impl Application {
         let waits = hook_mode
             .as_ref()
             .is_some_and(|mode| mode.setup.checks_from_vmi);
-        let in_force = Arc::new(InForce::new(WAITING_FOR_DEFINITION));
+        // Before the first set: a pause already in the pod's annotations holds its probes.
+        let (pause_follower, pause) = match pod_annotations {
+            Some(path) => {
+                let (follower, pause) = PauseFollower::start(path, Arc::clone(&metrics));
+                (Some(follower), pause)
+            }
+            None => (None, never_paused()),
+        };
+        let in_force = Arc::new(InForce::new(WAITING_FOR_DEFINITION, pause));
         if !waits {
             in_force.put(settings.checks, &metrics);
         }
@@ -122,6 +136,7 @@ impl Application {
             metrics,
             hook,
             reloader,
+            _pause_follower: pause_follower,
             shutdown_grace,
         })
     }
@@ -135,7 +150,7 @@ impl Application {
             hook,
             mut reloader,
             shutdown_grace,
-            ..
+            _pause_follower,
         } = self;
         let (hook_server, mut hook_events, overrides) = match hook {
             Some(Hook {

@@ -24,7 +24,6 @@ use crate::kubevirt::HookSetup;
 use crate::kubevirt::hook::HookPlace;
 use crate::kubevirt::plugin::PluginSocket;
 use crate::metrics::Metrics;
-use crate::probe::ProbeRunner;
 use crate::reload::ConfigSource;
 use crate::telemetry::{self, LogFormat};
 
@@ -131,6 +130,9 @@ pub struct ServeArgs {
     /// The libvirt daemon of a libvirt:DOMAIN agent [default: qemu+unix:///session?socket=/var/run/libvirt/virtqemud-sock].
     #[arg(long, env = "PROBE_GATEWAY_LIBVIRT_URI", value_name = "URI", value_parser = parse_libvirt_uri)]
     pub libvirt_uri: Option<LibvirtUri>,
+    /// The pod's annotations as a downward API volume writes them (a fieldRef to metadata.annotations), followed live: probe-gateway.kubevirt.io/maintenance or kubevirt.io/pause-guest-agent-probes there pauses the probes for maintenance. The injector sets it.
+    #[arg(long, env = "PROBE_GATEWAY_POD_ANNOTATIONS", value_name = "FILE")]
+    pub pod_annotations: Option<PathBuf>,
     #[arg(long, env = "PROBE_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds to finish in-flight requests after SIGTERM [default: 5].
@@ -142,6 +144,7 @@ pub struct ServeArgs {
 pub enum ProbeArg {
     Readiness,
     Liveness,
+    Startup,
 }
 
 #[derive(Debug, clap::Args)]
@@ -377,6 +380,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         (None, Some(_)) => config::CONFIG_TEXT_SOURCE.to_string(),
         (None, None) => "the command line".to_string(),
     };
+    let pod_annotations = args.pod_annotations.clone();
     let reload = args.config.clone().map(|path| {
         (
             ConfigSource {
@@ -395,7 +399,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         // it: tokio's LocalSet polls that future whenever any task on the thread wakes,
         // which would run the gateway's main `select!` on every probe.
         let gateway = actix_web::rt::spawn(async move {
-            let app = match Application::build(settings, hook_mode, reload) {
+            let app = match Application::build(settings, hook_mode, reload, pod_annotations) {
                 Ok(app) => app,
                 Err(error) => return config_error(&error),
             };
@@ -419,6 +423,7 @@ fn check(args: CheckArgs) -> ExitCode {
     let kind = match args.probe {
         ProbeArg::Readiness => ProbeKind::Readiness,
         ProbeArg::Liveness => ProbeKind::Liveness,
+        ProbeArg::Startup => ProbeKind::Startup,
     };
     let overrides = Overrides {
         agent: args.agent,
@@ -461,10 +466,8 @@ fn check(args: CheckArgs) -> ExitCode {
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let agent = crate::probe::spawn_agent(&settings, &metrics);
-        // No liveness grace: a one-off check tells what it finds.
-        let runner = ProbeRunner::new(kind, spec, agent.clone(), None, Duration::ZERO, metrics);
         let started = Instant::now();
-        let report = runner.run().await;
+        let report = crate::probe::run_once(kind, &spec, &agent, &metrics).await;
         agent.close().await;
         if report.passed() {
             println!("{kind}: ok ({} ms)", started.elapsed().as_millis());

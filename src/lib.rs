@@ -3,8 +3,9 @@
 //!
 //! Where a request goes:
 //! - [`http`]: the HTTP API (`/ready`, `/live`, `/healthz`), content negotiation, reports.
-//! - [`probe`]: the checks (`exec`, `guestAgentPing`), single flight, the liveness grace,
-//!   the probe set in force and the policy for replacing it.
+//! - [`probe`]: the checks (`exec`, `guestAgentPing`), named checks and the probes made of
+//!   them, single flight, the liveness grace, the startup probe, the probe set in force and
+//!   the policy for replacing it.
 //! - [`agent`]: the guest agent: transports, framing, protocol, the link that owns a
 //!   connection, the backend interface, the owner of guest processes.
 //! - [`config`]: the config file (or VM manifest), validated once into domain types.
@@ -13,6 +14,7 @@
 //! - [`inject`]: `inject`, the admission webhook that puts the gateway into launcher pods
 //!   and points their probes at it.
 //! - [`reload`]: following the config file (SIGHUP, the directory watch).
+//! - [`maintenance`]: the maintenance pause, from the pod's annotations (the same watch).
 //! - [`cli`] and [`app`]: the command line, and building and running the server.
 //! - [`telemetry`]: logging set-up.
 //!
@@ -30,6 +32,7 @@ pub(crate) mod config;
 pub(crate) mod http;
 pub(crate) mod inject;
 pub(crate) mod kubevirt;
+pub(crate) mod maintenance;
 pub(crate) mod metrics;
 pub(crate) mod probe;
 pub(crate) mod reload;

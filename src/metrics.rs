@@ -2,30 +2,46 @@
 //! since kubelet's events show only the status code. One [`Metrics`] per process; the
 //! agent task, the runners and the HTTP layer record into it.
 //!
-//! Every label takes values from a closed set (probe, handler, result, command, outcome,
-//! a known path or `other`), so a client cannot grow the series count.
+//! Every label takes values from a closed set (probe, the check names of the config,
+//! handler, result, command, outcome, a known route or `other`), so a client cannot grow the
+//! series count.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::config::ProbeKind;
+use crate::config::{CheckName, ProbeKind};
 use crate::probe::CheckResult;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CheckLabels {
     pub probe: &'static str,
+    pub check: CheckName,
     pub handler: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CheckDurationLabels {
+    pub probe: &'static str,
+    pub check: CheckName,
+    pub handler: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ProbeLabels {
     pub probe: &'static str,
-    pub handler: &'static str,
+}
+
+/// Check names come from the config, a closed set; they are DNS labels, so nothing in them
+/// needs escaping.
+impl EncodeLabelValue for CheckName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,7 +87,10 @@ const DURATION_BUCKETS: [f64; 17] = [
 pub(crate) struct Metrics {
     registry: Registry,
     checks: Family<CheckLabels, Counter>,
-    check_duration: Family<ProbeLabels, Histogram>,
+    check_duration: Family<CheckDurationLabels, Histogram>,
+    startup_state: Family<StateLabels, Gauge>,
+    pub probes_paused: Gauge,
+    paused_answers: Family<ProbeLabels, Counter>,
     pub agent_up: Gauge,
     pub agent_reconnects: Counter,
     pub agent_resyncs: Counter,
@@ -92,9 +111,12 @@ impl Metrics {
     pub(crate) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("probe_gateway");
         let checks = Family::default();
-        let check_duration = Family::<ProbeLabels, Histogram>::new_with_constructor(|| {
+        let check_duration = Family::<CheckDurationLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(DURATION_BUCKETS)
         });
+        let startup_state = Family::default();
+        let probes_paused = Gauge::default();
+        let paused_answers = Family::default();
         let agent_up = Gauge::default();
         let agent_reconnects = Counter::default();
         let agent_resyncs = Counter::default();
@@ -117,13 +139,30 @@ impl Metrics {
         );
         registry.register(
             "checks",
-            "Checks run, by probe, handler and result (success, failure, timeout, error)",
+            "Check results, by the probe they answered for, check, handler and result \
+             (success, failure, timeout, error); a check two probes list counts for each",
             checks.clone(),
         );
         registry.register(
             "check_duration_seconds",
-            "How long checks took",
+            "How long checks took, by probe and check",
             check_duration.clone(),
+        );
+        registry.register(
+            "startup_state",
+            "The startup probe's state (1 for that state, 0 for the others): starting, \
+             started (also without a startup probe), did_not_start",
+            startup_state.clone(),
+        );
+        registry.register(
+            "probes_paused",
+            "1 while an operator has paused the probes for maintenance, else 0",
+            probes_paused.clone(),
+        );
+        registry.register(
+            "paused_answers",
+            "Answers given from the maintenance pause instead of the checks, by probe",
+            paused_answers.clone(),
         );
         registry.register(
             "agent_up",
@@ -159,6 +198,9 @@ impl Metrics {
             registry,
             checks,
             check_duration,
+            startup_state,
+            probes_paused,
+            paused_answers,
             agent_up,
             agent_reconnects,
             agent_resyncs,
@@ -193,6 +235,7 @@ impl Metrics {
     pub(crate) fn record_check(
         &self,
         probe: ProbeKind,
+        check: &CheckName,
         handler: &'static str,
         result: CheckResult,
         seconds: f64,
@@ -200,16 +243,36 @@ impl Metrics {
         self.checks
             .get_or_create(&CheckLabels {
                 probe: probe.as_str(),
+                check: check.clone(),
                 handler,
                 result: result.as_str(),
             })
             .inc();
         self.check_duration
-            .get_or_create(&ProbeLabels {
+            .get_or_create(&CheckDurationLabels {
                 probe: probe.as_str(),
+                check: check.clone(),
                 handler,
             })
             .observe(seconds);
+    }
+
+    /// Sets the startup state gauge to `state`: `starting`, `started` or `did_not_start`.
+    pub(crate) fn record_startup(&self, state: &'static str) {
+        for label in ["starting", "started", "did_not_start"] {
+            self.startup_state
+                .get_or_create(&StateLabels { state: label })
+                .set(i64::from(label == state));
+        }
+    }
+
+    /// Counts an answer the maintenance pause gave.
+    pub(crate) fn record_paused_answer(&self, probe: ProbeKind) {
+        self.paused_answers
+            .get_or_create(&ProbeLabels {
+                probe: probe.as_str(),
+            })
+            .inc();
     }
 
     pub(crate) fn record_command(&self, command: &'static str, outcome: CommandOutcome) {
@@ -222,6 +285,9 @@ impl Metrics {
         let path = match path {
             "/ready" => "/ready",
             "/live" => "/live",
+            "/started" => "/started",
+            p if p.starts_with("/ready/") => "/ready/{check}",
+            p if p.starts_with("/live/") => "/live/{check}",
             "/healthz" => "/healthz",
             "/metrics" => "/metrics",
             "/openapi.json" => "/openapi.json",
@@ -250,22 +316,40 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names_and_closed_label_sets() {
         let metrics = Metrics::new();
-        metrics.record_check(ProbeKind::Readiness, "exec", CheckResult::Failure, 0.012);
+        let app = CheckName::parse("app").unwrap();
+        metrics.record_check(
+            ProbeKind::Readiness,
+            &app,
+            "exec",
+            CheckResult::Failure,
+            0.012,
+        );
+        metrics.record_startup("starting");
+        metrics.record_paused_answer(ProbeKind::Liveness);
+        metrics.record_http("/ready/nosuch", 404);
         metrics.record_command("guest-ping", CommandOutcome::timeout);
         metrics.record_http("/no/such/path", 404);
         metrics.agent_up.set(1);
         metrics.record_reload("rejected");
         let text = metrics.encode();
         for line in [
-            "probe_gateway_checks_total{probe=\"readiness\",handler=\"exec\",result=\"failure\"} 1",
+            "probe_gateway_checks_total{probe=\"readiness\",check=\"app\",handler=\"exec\",result=\"failure\"} 1",
+            "probe_gateway_startup_state{state=\"starting\"} 1",
+            "probe_gateway_startup_state{state=\"started\"} 0",
+            "probe_gateway_paused_answers_total{probe=\"liveness\"} 1",
+            "probe_gateway_http_requests_total{path=\"/ready/{check}\",status=\"404\"} 1",
             "probe_gateway_agent_commands_total{command=\"guest-ping\",outcome=\"timeout\"} 1",
             "probe_gateway_http_requests_total{path=\"other\",status=\"404\"} 1",
             "probe_gateway_agent_up 1",
             "probe_gateway_config_reloads_total{result=\"rejected\"} 1",
-            "probe_gateway_check_duration_seconds_count{probe=\"readiness\",handler=\"exec\"} 1",
+            "probe_gateway_check_duration_seconds_count{probe=\"readiness\",check=\"app\",handler=\"exec\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
         assert!(!text.contains("/no/such/path"));
+        assert!(
+            !text.contains("nosuch"),
+            "a requested name is not a label value"
+        );
     }
 }

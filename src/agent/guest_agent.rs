@@ -11,7 +11,7 @@ use super::link::QgaLink;
 use super::processes::GuestProcesses;
 use super::protocol::{Command, ExecStatus};
 use super::transport::Connect;
-use crate::config::{ExecCommand, ProbeKind};
+use crate::config::{CheckName, ExecCommand};
 use crate::metrics::Metrics;
 
 /// Handle to one agent connection and its guest processes. Cheap to clone. The connection
@@ -80,15 +80,15 @@ impl GuestAgent {
         self.backend.call(call).await.map(|_| ())
     }
 
-    /// Runs `command` in the guest for `owner`'s probe until it exits or `deadline` (see
+    /// Runs `command` in the guest for the check `owner` until it exits or `deadline` (see
     /// [`GuestProcesses::run`]).
     pub(crate) async fn exec(
         &self,
-        owner: ProbeKind,
+        owner: &CheckName,
         command: &ExecCommand,
         deadline: Instant,
     ) -> Result<ExecStatus, AgentError> {
-        self.processes.run(owner, command, deadline).await
+        self.processes.run(owner.clone(), command, deadline).await
     }
 
     /// Stops tracking guest processes, closes the connection gracefully and waits for it.
@@ -110,6 +110,11 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// The check the guest processes are run for.
+    fn owner() -> CheckName {
+        CheckName::parse("app").unwrap()
+    }
+
     /// The link and the process owner together: a `guest-exec` reply that comes after its
     /// deadline is adopted, and its process blocks the probe's next one until it exits.
     #[tokio::test(start_paused = true)]
@@ -126,7 +131,7 @@ mod tests {
             let (agent, command) = (agent.clone(), command.clone());
             tokio::spawn(async move {
                 let deadline = Instant::now() + SECOND;
-                agent.exec(ProbeKind::Readiness, &command, deadline).await
+                agent.exec(&owner(), &command, deadline).await
             })
         };
         let first = exec(&agent);
@@ -181,7 +186,7 @@ mod tests {
             let agent = agent.clone();
             tokio::spawn(async move {
                 let deadline = Instant::now() + SECOND;
-                agent.exec(ProbeKind::Readiness, &command, deadline).await
+                agent.exec(&owner(), &command, deadline).await
             })
         };
         let started = peer.expect("guest-exec").await;

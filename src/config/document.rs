@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::checks::{Definitions, definitions_value};
 use super::manifest::{self, DocumentKind};
 use super::probe_fields::read_probe_field;
 use super::syntax::read_syntax;
@@ -39,8 +40,10 @@ pub(super) const CHECKS_FIELDS: &[&str] = &[
     "livenessGraceSeconds",
     "exposeOutput",
     "outputExcerptBytes",
+    "checks",
     "readinessProbe",
     "livenessProbe",
+    "startupProbe",
 ];
 
 /// Parses and validates a config document: a gateway config, or a KubeVirt VirtualMachine or
@@ -101,6 +104,7 @@ pub(super) struct CheckFields {
     pub(super) output_excerpt_bytes: Option<usize>,
     pub(super) readiness: Option<ProbeSpec>,
     pub(super) liveness: Option<ProbeSpec>,
+    pub(super) startup: Option<ProbeSpec>,
 }
 
 impl CheckFields {
@@ -123,25 +127,33 @@ impl CheckFields {
             output_excerpt_bytes: self.output_excerpt_bytes,
             readiness: self.readiness,
             liveness: self.liveness,
+            startup: self.startup,
         }
     }
 }
 
 /// Reads [`CHECKS_FIELDS`] from `map` (the caller reports unknown fields, which differ
-/// between a gateway config and the annotation). At least one probe must be written; an
-/// invalid one has its own errors, so "no probe configured" is only said when none is.
+/// between a gateway config and the annotation). At least one of readinessProbe and
+/// livenessProbe must be written; an invalid one has its own errors, so "no probe
+/// configured" is only said when none is.
 pub(super) fn read_checks(
     map: &Map<String, Value>,
     path: &FieldPath,
     errors: &mut Errors,
 ) -> CheckFields {
-    if set_value(map, ProbeKind::Readiness.field()).is_none()
-        && set_value(map, ProbeKind::Liveness.field()).is_none()
+    if ProbeKind::KUBELET
+        .iter()
+        .all(|kind| set_value(map, kind.field()).is_none())
     {
-        errors.add(
-            path,
-            "no probe configured: set readinessProbe and/or livenessProbe",
-        );
+        let message = "no probe configured: set readinessProbe and/or livenessProbe";
+        if set_value(map, ProbeKind::Startup.field()).is_some() {
+            errors.add(
+                path,
+                format!("{message} (a startupProbe only holds them back until it passes)"),
+            );
+        } else {
+            errors.add(path, message);
+        }
     }
     let mode = read_field(map, path, "mode", errors, read_mode);
     let min_interval = read_field(map, path, "minIntervalSeconds", errors, read_grace);
@@ -152,14 +164,21 @@ pub(super) fn read_checks(
              latest result",
         );
     }
+    let mut definitions = Definitions::read(definitions_value(map), path.field("checks"), errors);
+    let mut probe = |kind| read_probe_field(map, path, kind, Some(&mut definitions), errors);
+    let readiness = probe(ProbeKind::Readiness);
+    let liveness = probe(ProbeKind::Liveness);
+    let startup = probe(ProbeKind::Startup);
+    definitions.report_unused(errors);
     CheckFields {
         mode,
         min_interval,
         liveness_grace: read_field(map, path, "livenessGraceSeconds", errors, read_grace),
         expose_output: read_field(map, path, "exposeOutput", errors, read_bool),
         output_excerpt_bytes: read_field(map, path, "outputExcerptBytes", errors, read_excerpt),
-        readiness: read_probe_field(map, path, ProbeKind::Readiness, errors),
-        liveness: read_probe_field(map, path, ProbeKind::Liveness, errors),
+        readiness,
+        liveness,
+        startup,
     }
 }
 
@@ -218,9 +237,9 @@ mod tests {
     use super::*;
     use crate::agent::AgentAddress;
     use crate::config::test_support::{
-        errors_of, liveness_ping, probe, single_error, single_error_starting_with,
+        errors_of, liveness_ping, probe, probe_of, single_error, single_error_starting_with,
     };
-    use crate::config::{ExecCommand, Handler};
+    use crate::config::{ExecCommand, Handler, ProbeKind};
 
     const SEED: &str = r#"
 listen: "[::]:8080"
@@ -259,7 +278,8 @@ livenessProbe:
                 }),
                 5,
             )),
-            liveness: Some(probe(Handler::GuestAgentPing, 1)),
+            liveness: Some(probe_of(ProbeKind::Liveness, Handler::GuestAgentPing, 1)),
+            startup: None,
         };
         assert_eq!(parse_document(SEED), Ok(expected));
     }
@@ -316,7 +336,8 @@ livenessProbe:
         assert_eq!(
             error,
             "bogus: unknown field; expected one of listen, agent, libvirtUri, mode, minIntervalSeconds, \
-             livenessGraceSeconds, exposeOutput, outputExcerptBytes, readinessProbe, livenessProbe"
+             livenessGraceSeconds, exposeOutput, outputExcerptBytes, checks, readinessProbe, \
+             livenessProbe, startupProbe"
         );
     }
 

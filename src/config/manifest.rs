@@ -15,7 +15,10 @@ use super::walk::{
     Errors, FieldPath, describe, document_mapping, expect_mapping, set_value,
     unknown_field_message, unknown_fields,
 };
-use super::{ChecksOrigin, GatewayFile, LibvirtDomain, ManifestKind, PROBES_ANNOTATION, ProbeKind};
+use super::{
+    ChecksOrigin, ConfigErrors, GatewayFile, LibvirtDomain, ManifestKind, PROBES_ANNOTATION,
+    ProbeKind,
+};
 
 /// The API group of KubeVirt's kinds; `apiVersion` is `kubevirt.io/<version>`.
 const KUBEVIRT_GROUP: &str = "kubevirt.io/";
@@ -173,7 +176,7 @@ pub(super) fn read_annotation(
             return None;
         }
     };
-    let expected = "a mapping with readinessProbe and/or livenessProbe";
+    let expected = "a mapping with readinessProbe and/or livenessProbe (and their checks)";
     let map = document_mapping(&document, path, expected, errors)?;
     for key in unknown_fields(map, CHECKS_FIELDS) {
         let message = match key {
@@ -185,6 +188,28 @@ pub(super) fn read_annotation(
         errors.add(&path.field(key), message);
     }
     Some(read_checks(map, path, errors))
+}
+
+/// Reads [`PROBES_ANNOTATION`]'s value on its own, as the injector finds it on a VM, VMI or
+/// launcher pod: the checks it gives, and its document as JSON (to hand on to the gateway it
+/// injects). Errors carry the paths inside the document.
+pub(crate) fn read_probes_annotation(
+    text: &str,
+) -> Result<(GatewayFile, Map<String, Value>), ConfigErrors> {
+    let mut errors = Errors::default();
+    let value = Value::String(text.to_string());
+    let checks = read_annotation(&value, &FieldPath::root(), &mut errors);
+    let origin = ChecksOrigin::Manifest {
+        kind: ManifestKind::VirtualMachineInstance,
+        from_annotation: true,
+    };
+    let file = errors.finish(checks.map(|checks| checks.into_file(origin, None, None)))?;
+    // Read once more as a tree: it is valid, so this cannot fail, but it is not unwrapped.
+    let document = match read_syntax(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    Ok((file, document))
 }
 
 /// Reads the manifest's own probes, as written for stock KubeVirt.
@@ -211,8 +236,8 @@ fn read_own_probes(
     }
     let spec = spec?;
     Some(CheckFields {
-        readiness: read_probe_field(spec, &spec_path, ProbeKind::Readiness, errors),
-        liveness: read_probe_field(spec, &spec_path, ProbeKind::Liveness, errors),
+        readiness: read_probe_field(spec, &spec_path, ProbeKind::Readiness, None, errors),
+        liveness: read_probe_field(spec, &spec_path, ProbeKind::Liveness, None, errors),
         ..CheckFields::default()
     })
 }
@@ -344,6 +369,7 @@ spec:
                 output_excerpt_bytes: None,
                 readiness: Some(cat_healthy(5)),
                 liveness: Some(guest_agent_ping()),
+                startup: None,
             }
         );
     }
@@ -617,7 +643,7 @@ spec:
         assert_eq!(file.readiness, Some(readiness));
         assert_eq!(
             file.liveness
-                .map(|spec| (spec.handler, spec.success_threshold)),
+                .map(|spec| (spec.checks[0].handler.clone(), spec.success_threshold)),
             Some((Handler::GuestAgentPing, 1))
         );
     }

@@ -15,6 +15,7 @@
 //! - `vmi`: the VMI at `OnDefineDomain` ([`HookedVmi`]).
 
 mod agent_setting;
+mod checks;
 mod document;
 mod inject;
 mod libvirt;
@@ -40,6 +41,7 @@ pub(crate) use inject::{
     parse_inject_file,
 };
 pub(crate) use libvirt::{LIBVIRT_NOT_BUILT_IN, LibvirtDomain, LibvirtUri};
+pub(crate) use manifest::read_probes_annotation;
 pub(crate) use quantity::Quantity;
 pub(crate) use settings::{CheckSettings, Overrides, ResolveError, Role, Settings};
 pub(crate) use vmi::HookedVmi;
@@ -56,21 +58,31 @@ pub(crate) const DEFAULT_OUTPUT_EXCERPT_BYTES: usize = 1024;
 /// Upper bound for `outputExcerptBytes`: excerpts are held in memory per check.
 pub(crate) const MAX_OUTPUT_EXCERPT_BYTES: usize = 65536;
 
-/// Which of the two probes kubelet asks about.
+/// Which probe: the two kubelet asks about, and the startup probe the gateway runs itself
+/// until it first passes (`/started` tells kubelet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum ProbeKind {
     Readiness,
     Liveness,
+    Startup,
 }
 
 impl ProbeKind {
-    pub(crate) const ALL: [ProbeKind; 2] = [ProbeKind::Readiness, ProbeKind::Liveness];
+    pub(crate) const ALL: [ProbeKind; 3] = [
+        ProbeKind::Readiness,
+        ProbeKind::Liveness,
+        ProbeKind::Startup,
+    ];
+
+    /// The probes kubelet asks about through `/ready` and `/live`, and KubeVirt's VMI has.
+    pub(crate) const KUBELET: [ProbeKind; 2] = [ProbeKind::Readiness, ProbeKind::Liveness];
 
     /// The lower-case name used in reports, logs and the CLI.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProbeKind::Readiness => "readiness",
             ProbeKind::Liveness => "liveness",
+            ProbeKind::Startup => "startup",
         }
     }
 
@@ -79,7 +91,65 @@ impl ProbeKind {
         match self {
             ProbeKind::Readiness => "readinessProbe",
             ProbeKind::Liveness => "livenessProbe",
+            ProbeKind::Startup => "startupProbe",
         }
+    }
+
+    /// The HTTP route that answers for this probe.
+    pub(crate) fn route(self) -> &'static str {
+        match self {
+            ProbeKind::Readiness => "/ready",
+            ProbeKind::Liveness => "/live",
+            ProbeKind::Startup => "/started",
+        }
+    }
+}
+
+/// A check's name: a DNS label (lower-case letters, digits and `-`, starting and ending with
+/// a letter or digit, at most 63 characters), since it appears in URL paths
+/// (`/ready/<name>`), query strings (`?exclude=<name>`), metric labels and logs, where no
+/// character may need escaping. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct CheckName(std::sync::Arc<str>);
+
+/// What a check name may be, as errors say it.
+pub(crate) const CHECK_NAME_RULE: &str = "lower-case letters, digits and '-', starting and \
+     ending with a letter or digit, at most 63 characters";
+
+impl CheckName {
+    /// Reads a name written in a config or a request.
+    pub(crate) fn parse(text: &str) -> Result<CheckName, String> {
+        let bytes = text.as_bytes();
+        let inner_ok = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+        let end_ok =
+            |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if bytes.len() <= 63
+            && bytes.iter().all(inner_ok)
+            && end_ok(bytes.first())
+            && end_ok(bytes.last())
+        {
+            Ok(CheckName(text.into()))
+        } else {
+            Err(format!(
+                "{text:?} is not a check name: use {CHECK_NAME_RULE}"
+            ))
+        }
+    }
+
+    /// The name of the one check of a probe written in KubeVirt's shape (one handler): the
+    /// probe's own name, which a named check may not take.
+    pub(crate) fn of_probe(kind: ProbeKind) -> CheckName {
+        CheckName(kind.as_str().into())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CheckName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -138,19 +208,55 @@ impl Handler {
     }
 }
 
-/// One probe in KubeVirt's VMI Probe shape, validated.
+/// One check: what it runs and how long it may take. A check may serve several probes
+/// (named checks are defined once and listed by the probes that use them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CheckSpec {
+    pub name: CheckName,
+    pub handler: Handler,
+    pub timeout: Duration,
+}
+
+/// One probe, validated: its checks, all of which must pass, and its schedule. A probe in
+/// KubeVirt's VMI Probe shape (one handler) has one check, named after the probe.
 ///
 /// `initialDelaySeconds`, `periodSeconds` and the thresholds are kubelet's business in
 /// `onDemand` mode (applying them here too would count failures twice), and the gateway's
-/// own schedule in `background` mode.
+/// own schedule in `background` mode and for the startup probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProbeSpec {
-    pub handler: Handler,
-    pub timeout: Duration,
+    /// At least one, names unique, in the order written.
+    pub checks: Vec<CheckSpec>,
     pub initial_delay_seconds: u32,
     pub period_seconds: u32,
     pub success_threshold: u32,
     pub failure_threshold: u32,
+}
+
+impl ProbeSpec {
+    /// The longest of the checks' timeouts: the checks run together, so the probe's answer
+    /// is due within it.
+    pub(crate) fn longest_timeout(&self) -> Duration {
+        self.checks
+            .iter()
+            .map(|check| check.timeout)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The check named `name`, if this probe has it.
+    pub(crate) fn check(&self, name: &str) -> Option<&CheckSpec> {
+        self.checks.iter().find(|check| check.name.as_str() == name)
+    }
+
+    /// The names of the probe's checks, for messages: `agent, app`.
+    pub(crate) fn names(&self) -> String {
+        self.checks
+            .iter()
+            .map(|check| check.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Where the checks of a file came from (not where the file came from: that is
@@ -202,6 +308,7 @@ pub(crate) struct GatewayFile {
     pub output_excerpt_bytes: Option<usize>,
     pub readiness: Option<ProbeSpec>,
     pub liveness: Option<ProbeSpec>,
+    pub startup: Option<ProbeSpec>,
 }
 
 impl GatewayFile {
@@ -220,6 +327,7 @@ impl GatewayFile {
             output_excerpt_bytes: None,
             readiness: None,
             liveness: None,
+            startup: None,
         }
     }
 
@@ -227,6 +335,7 @@ impl GatewayFile {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),
+            ProbeKind::Startup => self.startup.as_ref(),
         }
     }
 
@@ -248,20 +357,31 @@ impl GatewayFile {
             parts.push(format!("mode {}", mode.as_str()));
         }
         for kind in ProbeKind::ALL {
-            if let Some(spec) = self.probe(kind) {
-                let what = match &spec.handler {
-                    Handler::Exec(command) => {
-                        let mut words = vec![command.path.clone()];
-                        words.extend(command.args.iter().cloned());
-                        format!("exec {words:?}")
+            let Some(spec) = self.probe(kind) else {
+                continue;
+            };
+            let checks: Vec<String> = spec
+                .checks
+                .iter()
+                .map(|check| {
+                    let what = match &check.handler {
+                        Handler::Exec(command) => {
+                            let mut words = vec![command.path.clone()];
+                            words.extend(command.args.iter().cloned());
+                            format!("exec {words:?}")
+                        }
+                        Handler::GuestAgentPing => "guestAgentPing".to_string(),
+                    };
+                    let timeout = check.timeout.as_secs();
+                    match spec.checks.as_slice() {
+                        [_] if check.name == CheckName::of_probe(kind) => {
+                            format!("{what}, timeout {timeout}s")
+                        }
+                        _ => format!("{} ({what}, timeout {timeout}s)", check.name),
                     }
-                    Handler::GuestAgentPing => "guestAgentPing".to_string(),
-                };
-                parts.push(format!(
-                    "{kind}: {what}, timeout {}s",
-                    spec.timeout.as_secs()
-                ));
-            }
+                })
+                .collect();
+            parts.push(format!("{kind}: {}", checks.join(", ")));
         }
         match &self.agent {
             Some(agent) => parts.push(format!("agent {agent}")),

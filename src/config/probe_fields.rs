@@ -1,4 +1,5 @@
-//! The probe fields: one probe in KubeVirt's VMI Probe shape, read into a [`ProbeSpec`].
+//! The probe fields: one probe, in KubeVirt's VMI Probe shape (one handler) or made of
+//! named checks, read into a [`ProbeSpec`]; and one named check's definition.
 //!
 //! This module owns the Probe's fields, Kubernetes' defaults and minimums for its integers,
 //! and its handlers: `exec` (with the command as an argument vector) and `guestAgentPing`,
@@ -10,13 +11,14 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::checks::Definitions;
 use super::walk::{
     Errors, FieldPath, at_least, describe, expect_mapping, in_range, integer, set_value, string,
     unknown_field_message, unknown_fields,
 };
-use super::{ExecCommand, Handler, ProbeKind, ProbeSpec};
+use super::{CheckName, CheckSpec, ExecCommand, Handler, ProbeKind, ProbeSpec};
 
-/// The fields of KubeVirt's VMI Probe.
+/// The fields of KubeVirt's VMI Probe (and of Kubernetes' startupProbe).
 const PROBE_FIELDS: &[&str] = &[
     "exec",
     "guestAgentPing",
@@ -24,6 +26,20 @@ const PROBE_FIELDS: &[&str] = &[
     "tcpSocket",
     "initialDelaySeconds",
     "timeoutSeconds",
+    "periodSeconds",
+    "successThreshold",
+    "failureThreshold",
+];
+
+/// The field of a probe that lists its named checks, where named checks can be defined.
+const CHECKS_FIELD: &str = "checks";
+
+/// The fields of a named check: what it runs and how long it may take.
+const CHECK_FIELDS: &[&str] = &["exec", "guestAgentPing", "timeoutSeconds"];
+
+/// The probe fields that are the schedule of a probe, not of one of its checks.
+const SCHEDULE_FIELDS: &[&str] = &[
+    "initialDelaySeconds",
     "periodSeconds",
     "successThreshold",
     "failureThreshold",
@@ -40,49 +56,133 @@ const GATEWAY_HANDLERS: &str = "exec, guestAgentPing";
 /// `guestAgentPing:` as null, which Kubernetes treats as not set.
 const GUEST_AGENT_PING_HINT: &str = "write guestAgentPing: {}";
 
-/// Reads the probe of `kind` from its field in `map`, if set.
+/// Reads the probe of `kind` from its field in `map`, if set. `checks` holds the named
+/// checks the probe may list; `None` where there are none to list (a manifest's own
+/// probes, which are KubeVirt's shape only).
 pub(super) fn read_probe_field(
     map: &Map<String, Value>,
     path: &FieldPath,
     kind: ProbeKind,
+    checks: Option<&mut Definitions>,
     errors: &mut Errors,
 ) -> Option<ProbeSpec> {
     let value = set_value(map, kind.field())?;
-    read_probe(value, &path.field(kind.field()), kind, errors)
+    read_probe(value, &path.field(kind.field()), kind, checks, errors)
 }
 
-/// Reads one probe in KubeVirt's VMI Probe shape, with Kubernetes' defaults and minimums.
+/// Reads one probe: its schedule, with Kubernetes' defaults and minimums, and either its
+/// one handler (KubeVirt's shape) or the named checks it lists.
 fn read_probe(
     value: &Value,
     path: &FieldPath,
     kind: ProbeKind,
+    definitions: Option<&mut Definitions>,
     errors: &mut Errors,
 ) -> Option<ProbeSpec> {
     let map = expect_mapping(value, path, errors)?;
-    for key in unknown_fields(map, PROBE_FIELDS) {
-        errors.add(&path.field(key), unknown_field_message(key, PROBE_FIELDS));
+    let known: Vec<&str> = definitions
+        .is_some()
+        .then_some(CHECKS_FIELD)
+        .into_iter()
+        .chain(PROBE_FIELDS.iter().copied())
+        .collect();
+    for key in unknown_fields(map, &known) {
+        let message = match key {
+            CHECKS_FIELD => "named checks are written in the gateway's config or the \
+                             probe-gateway.kubevirt.io/probes annotation, not in the VMI's own \
+                             probes"
+                .to_string(),
+            _ => unknown_field_message(key, &known),
+        };
+        errors.add(&path.field(key), message);
     }
-    let handler = read_handler(map, path, errors);
-    let timeout = read_probe_integer(map, path, &TIMEOUT_SECONDS, errors);
     let initial_delay = read_probe_integer(map, path, &INITIAL_DELAY_SECONDS, errors);
     let period = read_probe_integer(map, path, &PERIOD_SECONDS, errors);
     let success = read_probe_integer(map, path, &SUCCESS_THRESHOLD, errors);
     let failure = read_probe_integer(map, path, &FAILURE_THRESHOLD, errors);
-    if kind == ProbeKind::Liveness && success.is_some_and(|n| n != 1) {
+    if kind != ProbeKind::Readiness && success.is_some_and(|n| n != 1) {
         errors.add(
             &path.field(SUCCESS_THRESHOLD.name),
-            "must be 1 for livenessProbe",
+            format!("must be 1 for {}", kind.field()),
         );
         return None;
     }
+    let listed = definitions.zip(set_value(map, CHECKS_FIELD));
+    let checks = match listed {
+        Some((definitions, list)) => {
+            if PROBE_HANDLERS
+                .iter()
+                .any(|name| set_value(map, name).is_some())
+            {
+                errors.add(
+                    path,
+                    format!("set either checks or one handler ({GATEWAY_HANDLERS}), not both"),
+                );
+            }
+            if set_value(map, TIMEOUT_SECONDS.name).is_some() {
+                errors.add(
+                    &path.field(TIMEOUT_SECONDS.name),
+                    "a probe with checks has no timeout of its own: each check has its \
+                     timeoutSeconds, under checks.<name>",
+                );
+            }
+            definitions.resolve(list, &path.field(CHECKS_FIELD), errors)
+        }
+        None => {
+            let handler = read_handler(map, path, errors);
+            let timeout = read_probe_integer(map, path, &TIMEOUT_SECONDS, errors);
+            Some(vec![CheckSpec {
+                name: CheckName::of_probe(kind),
+                handler: handler?,
+                timeout: seconds(timeout?),
+            }])
+        }
+    };
     Some(ProbeSpec {
-        handler: handler?,
-        timeout: Duration::from_secs(u64::from(timeout?)),
+        checks: checks?,
         initial_delay_seconds: initial_delay?,
         period_seconds: period?,
         success_threshold: success?,
         failure_threshold: failure?,
     })
+}
+
+/// Reads the definition of the check `name`: its one handler and its timeout.
+pub(super) fn read_check_definition(
+    value: &Value,
+    path: &FieldPath,
+    name: CheckName,
+    errors: &mut Errors,
+) -> Option<CheckSpec> {
+    let map = expect_mapping(value, path, errors)?;
+    let known: Vec<&str> = CHECK_FIELDS
+        .iter()
+        .chain(PROBE_HANDLERS)
+        .chain(SCHEDULE_FIELDS)
+        .copied()
+        .collect();
+    for key in unknown_fields(map, &known) {
+        errors.add(&path.field(key), unknown_field_message(key, CHECK_FIELDS));
+    }
+    for key in SCHEDULE_FIELDS {
+        if set_value(map, key).is_some() {
+            errors.add(
+                &path.field(key),
+                "belongs to the probe that lists this check, not to the check",
+            );
+        }
+    }
+    let handler = read_handler(map, path, errors);
+    let timeout = read_probe_integer(map, path, &TIMEOUT_SECONDS, errors);
+    Some(CheckSpec {
+        name,
+        handler: handler?,
+        timeout: seconds(timeout?),
+    })
+}
+
+fn seconds(count: u32) -> Duration {
+    Duration::from_secs(u64::from(count))
 }
 
 /// An integer field of a probe: its Kubernetes default and minimum.
@@ -254,10 +354,9 @@ fn read_guest_agent_ping(value: &Value, path: &FieldPath, errors: &mut Errors) -
 }
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use crate::config::test_support::{
-        errors_of, liveness_ping, single_error, single_error_starting_with,
+        errors_of, liveness_ping, probe, single_error, single_error_starting_with,
     };
     use crate::config::{Handler, ProbeSpec, parse_document};
 
@@ -359,7 +458,7 @@ mod tests {
     fn an_unknown_probe_field_is_an_error_at_its_path() {
         single_error_starting_with(
             &liveness_ping("  bogus: 1\n"),
-            "livenessProbe.bogus: unknown field; expected one of exec, guestAgentPing",
+            "livenessProbe.bogus: unknown field; expected one of checks, exec, guestAgentPing",
         );
     }
 
@@ -452,12 +551,11 @@ mod tests {
         assert_eq!(
             file.readiness,
             Some(ProbeSpec {
-                handler: Handler::GuestAgentPing,
-                timeout: Duration::from_secs(10),
                 initial_delay_seconds: 120,
                 period_seconds: 20,
                 success_threshold: 3,
                 failure_threshold: 3,
+                ..probe(Handler::GuestAgentPing, 10)
             })
         );
     }

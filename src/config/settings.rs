@@ -48,6 +48,9 @@ pub(crate) struct CheckSettings {
     pub output_excerpt_bytes: usize,
     pub readiness: Option<ProbeSpec>,
     pub liveness: Option<ProbeSpec>,
+    /// Run by the gateway until it first passes; until then liveness passes and readiness
+    /// fails, "starting".
+    pub startup: Option<ProbeSpec>,
 }
 
 /// Whether the gateway runs as a KubeVirt hook sidecar (`--kubevirt-hook`): only then
@@ -168,6 +171,7 @@ impl CheckSettings {
                 .unwrap_or(DEFAULT_OUTPUT_EXCERPT_BYTES),
             readiness: file.readiness,
             liveness: file.liveness,
+            startup: file.startup,
         })
     }
 
@@ -175,6 +179,7 @@ impl CheckSettings {
         match kind {
             ProbeKind::Readiness => self.readiness.as_ref(),
             ProbeKind::Liveness => self.liveness.as_ref(),
+            ProbeKind::Startup => self.startup.as_ref(),
         }
     }
 }

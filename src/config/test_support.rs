@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ExecCommand, Handler, ProbeSpec, parse_document};
+use super::{CheckName, CheckSpec, ExecCommand, Handler, ProbeKind, ProbeSpec, parse_document};
 
 /// The rendered errors of a document that must be invalid, one line each.
 pub(super) fn errors_of(text: &str) -> Vec<String> {
@@ -34,11 +34,21 @@ pub(super) fn liveness_ping(extra: &str) -> String {
     format!("livenessProbe:\n  guestAgentPing: {{}}\n{extra}")
 }
 
-/// A probe with `handler` and `timeout_seconds`, and Kubernetes' defaults for the rest.
+/// A readiness probe in KubeVirt's shape with `handler` and `timeout_seconds`, and
+/// Kubernetes' defaults for the rest.
 pub(super) fn probe(handler: Handler, timeout_seconds: u64) -> ProbeSpec {
+    probe_of(ProbeKind::Readiness, handler, timeout_seconds)
+}
+
+/// A probe of `kind` in KubeVirt's shape with `handler` and `timeout_seconds`, and
+/// Kubernetes' defaults for the rest.
+pub(super) fn probe_of(kind: ProbeKind, handler: Handler, timeout_seconds: u64) -> ProbeSpec {
     ProbeSpec {
-        handler,
-        timeout: Duration::from_secs(timeout_seconds),
+        checks: vec![CheckSpec {
+            name: CheckName::of_probe(kind),
+            handler,
+            timeout: Duration::from_secs(timeout_seconds),
+        }],
         initial_delay_seconds: 0,
         period_seconds: 10,
         success_threshold: 1,
@@ -57,7 +67,7 @@ pub(super) fn cat_healthy(timeout_seconds: u64) -> ProbeSpec {
     )
 }
 
-/// A `guestAgentPing: {}` probe with every default.
+/// A `guestAgentPing: {}` liveness probe with every default.
 pub(super) fn guest_agent_ping() -> ProbeSpec {
-    probe(Handler::GuestAgentPing, 1)
+    probe_of(ProbeKind::Liveness, Handler::GuestAgentPing, 1)
 }

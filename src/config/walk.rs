@@ -249,9 +249,9 @@ pub(super) fn document_mapping<'a>(
 mod tests {
     use super::*;
     use crate::config::test_support::{
-        liveness_ping, probe, single_error, single_error_starting_with,
+        liveness_ping, probe_of, single_error, single_error_starting_with,
     };
-    use crate::config::{Handler, parse_document};
+    use crate::config::{Handler, ProbeKind, parse_document};
 
     #[test]
     fn a_field_in_the_wrong_case_gets_a_suggestion() {
@@ -288,7 +288,10 @@ mod tests {
         .unwrap();
         assert_eq!(file.listen, None);
         assert_eq!(file.readiness, None);
-        assert_eq!(file.liveness, Some(probe(Handler::GuestAgentPing, 1)));
+        assert_eq!(
+            file.liveness,
+            Some(probe_of(ProbeKind::Liveness, Handler::GuestAgentPing, 1))
+        );
     }
 
     #[test]
@@ -300,7 +303,9 @@ mod tests {
         );
         let file =
             parse_document("readinessProbe:\n  exec:\n    command: [echo, on, no]\n").unwrap();
-        let Some(Handler::Exec(command)) = file.readiness.map(|spec| spec.handler) else {
+        let Some(Handler::Exec(command)) =
+            file.readiness.map(|spec| spec.checks[0].handler.clone())
+        else {
             panic!("expected an exec handler");
         };
         assert_eq!(command.args, ["on", "no"]);

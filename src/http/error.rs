@@ -12,7 +12,17 @@ use crate::config::ProbeKind;
 pub(crate) enum ApiError {
     #[error("{0} probe is not configured")]
     NotConfigured(ProbeKind),
-    #[error("not found: the gateway serves /ready, /live, /healthz and /metrics")]
+    /// `/ready/<name>` or `/live/<name>` with a name the probe does not have.
+    #[error("the {kind} probe has no check named {name:?} (its checks: {known})")]
+    NoSuchCheck {
+        kind: ProbeKind,
+        name: String,
+        known: String,
+    },
+    #[error(
+        "not found: the gateway serves /ready, /live, /ready/<check>, /live/<check>, /started, \
+         /healthz and /metrics"
+    )]
     NotFound,
     #[error("method not allowed: use {allow}")]
     MethodNotAllowed { allow: &'static str },
@@ -42,7 +52,9 @@ pub(crate) struct ApiErrorResponse {
 impl ResponseError for ApiErrorResponse {
     fn status_code(&self) -> StatusCode {
         match self.error {
-            ApiError::NotConfigured(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotConfigured(_) | ApiError::NoSuchCheck { .. } | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::Waiting(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,8 +2,10 @@
 //!
 //! | route | methods | what |
 //! |---|---|---|
-//! | `/ready` | GET, HEAD | runs the readiness check: 200 `ok`, 503 reason, 404 if not configured; 503 while hook mode waits for the VM definition |
-//! | `/live` | GET, HEAD | runs the liveness check, likewise |
+//! | `/ready` | GET, HEAD | runs the readiness checks together: 200 `ok`, 503 reason, 404 if not configured; 503 while hook mode waits for the VM definition; `?exclude=NAME` leaves a check out |
+//! | `/live` | GET, HEAD | runs the liveness checks, likewise |
+//! | `/ready/{check}`, `/live/{check}` | GET, HEAD | runs one of the probe's checks; 404 for a name it does not have |
+//! | `/started` | GET, HEAD | the startup probe's state: 200 once started, 503 before or when it did not start; runs nothing |
 //! | `/healthz` | GET, HEAD | 200 while the gateway serves; never touches the agent |
 //! | `/metrics` | GET, HEAD | Prometheus metrics ([`crate::metrics`]) |
 //! | `/openapi.json` | GET | the OpenAPI document ([`openapi`]) |
@@ -56,6 +58,9 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
         .service(get_and_head("/ready", routes::ready))
         .service(get_and_head("/live", routes::live))
+        .service(get_and_head("/ready/{check}", routes::ready_check))
+        .service(get_and_head("/live/{check}", routes::live_check))
+        .service(get_and_head("/started", routes::started))
         .service(get_and_head("/metrics", routes::metrics))
         .service(
             web::resource("/openapi.json")

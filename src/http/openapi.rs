@@ -5,7 +5,7 @@
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
-use super::render::JsonReport;
+use super::render::{JsonCheck, JsonReport};
 use crate::probe::CheckResult;
 
 #[derive(OpenApi)]
@@ -18,11 +18,14 @@ use crate::probe::CheckResult;
     paths(
         super::routes::ready,
         super::routes::live,
+        super::routes::ready_check,
+        super::routes::live_check,
+        super::routes::started,
         super::routes::healthz,
         super::routes::metrics,
         super::routes::openapi_json,
     ),
-    components(schemas(JsonReport, CheckResult, ErrorBody)),
+    components(schemas(JsonReport, JsonCheck, CheckResult, ErrorBody)),
     tags(
         (name = "probes", description = "What kubelet calls"),
         (name = "operations", description = "What operators and tools call"),
@@ -46,7 +49,7 @@ mod tests {
         let committed = include_str!("../../openapi/openapi.json");
         assert!(
             committed == super::document(),
-            "openapi/openapi.json is out of date: run `cargo run -- openapi > openapi/openapi.json`"
+            "openapi/openapi.json is out of date: run `cargo run --bin virt-probe-gateway -- openapi > openapi/openapi.json`"
         );
     }
 }

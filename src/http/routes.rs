@@ -1,28 +1,24 @@
-//! Request handlers. Only the configured probes run: nothing in a request (path, query,
-//! headers, body) reaches the guest.
+//! Request handlers. Only the configured checks run: nothing in a request (path, query,
+//! headers, body) reaches the guest; a check name in a path or query only selects among
+//! the configured checks.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use super::error::{ApiError, ApiErrorResponse, ErrorBody};
-use super::negotiate::{Format, verbose_flag, wants_json};
+use super::negotiate::{Format, QueryRule, probe_query, wants_json};
 use super::render::{self, Exposure, JsonReport, ProbeUnavailable};
-use crate::config::ProbeKind;
+use crate::config::{CheckName, ProbeKind};
 use crate::metrics::Metrics;
-use crate::probe::{CheckResult, InForce, ProbeReport, ProbeRunner};
+use crate::probe::{InForce, ProbeReport};
 
 /// What every handler shares.
 pub(crate) struct AppState {
     pub in_force: Arc<InForce>,
     pub metrics: Arc<Metrics>,
 }
-
-/// Past the probe's timeout, the agent task has already answered; this margin only guards
-/// the promise that a response comes within `timeoutSeconds` + 0.5 s whatever happens.
-const RESPONSE_MARGIN: Duration = Duration::from_millis(400);
 
 /// A probe route: the same contract for `/ready` and `/live`, one handler each (the
 /// OpenAPI document describes each path; only the summary and description differ).
@@ -34,17 +30,20 @@ macro_rules! probe_route {
             tag = "probes",
             summary = $summary,
             description = $description,
-            params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off.")),
+            params(
+                ("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off."),
+                ("exclude" = Option<Vec<String>>, Query, explode = true, description = "Leave this check out (repeatable: `?exclude=a&exclude=b`). A name the probe does not have is a 400 naming it."),
+            ),
             responses(
-                (status = 200, description = "The check passed.", content(
+                (status = 200, description = "Every check asked about passed (or the probe's state passes it: liveness while starting or paused).", content(
                     (String = "text/plain", example = "ok"),
                     (JsonReport = "application/json"),
                 )),
-                (status = 503, description = "The check failed; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
-                    (String = "text/plain", example = "exec: exit code 1"),
+                (status = 503, description = "A check failed, or the probe's state fails it (readiness while starting or paused, both probes after the startup probe failed); the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition (then the JSON body is an error body).", content(
+                    (String = "text/plain", example = "app: exec: exit code 1"),
                     (ProbeUnavailable = "application/json"),
                 )),
-                (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+                (status = 400, description = "An unknown query parameter, a bad verbose value, or an excluded check the probe does not have.", content(
                     (String = "text/plain"),
                     (ErrorBody = "application/json"),
                 )),
@@ -58,7 +57,49 @@ macro_rules! probe_route {
             request: HttpRequest,
             state: web::Data<AppState>,
         ) -> Result<HttpResponse, ApiErrorResponse> {
-            probe($kind, &request, &state).await
+            probe($kind, None, &request, &state).await
+        }
+    };
+}
+
+/// A one-check route: `/ready/{check}` and `/live/{check}`.
+macro_rules! check_route {
+    ($name:ident, $path:literal, $kind:expr, $summary:literal, $description:literal) => {
+        #[utoipa::path(
+            get,
+            path = $path,
+            tag = "probes",
+            summary = $summary,
+            description = $description,
+            params(
+                ("check" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description = "The name of one of the probe's checks (for a probe written in KubeVirt's shape, the probe's own name: `readiness` or `liveness`)."),
+                ("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off."),
+            ),
+            responses(
+                (status = 200, description = "The check passed (or the probe's state passes it).", content(
+                    (String = "text/plain", example = "ok"),
+                    (JsonReport = "application/json"),
+                )),
+                (status = 503, description = "The check failed, or the probe's state fails it; the text body is the one-line reason. In KubeVirt hook mode, also while the gateway waits for the VM definition.", content(
+                    (String = "text/plain", example = "app: exec: exit code 1"),
+                    (ProbeUnavailable = "application/json"),
+                )),
+                (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+                    (String = "text/plain"),
+                    (ErrorBody = "application/json"),
+                )),
+                (status = 404, description = "This probe is not configured, or has no check of this name.", content(
+                    (String = "text/plain"),
+                    (ErrorBody = "application/json"),
+                )),
+            )
+        )]
+        pub(super) async fn $name(
+            request: HttpRequest,
+            path: web::Path<String>,
+            state: web::Data<AppState>,
+        ) -> Result<HttpResponse, ApiErrorResponse> {
+            probe($kind, Some(path.as_str()), &request, &state).await
         }
     };
 }
@@ -67,67 +108,157 @@ probe_route!(
     ready,
     "/ready",
     ProbeKind::Readiness,
-    "Run the readiness check",
-    "Runs the configured readiness check (exec or guestAgentPing) through the guest agent. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body."
+    "Run the readiness checks",
+    "Runs the readiness probe's checks (exec or guestAgentPing) through the guest agent, together; all must pass. Send `Accept: application/json` for the JSON report (one entry per check), `?verbose` for a `[+]name ok` line per check. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the longest check timeout + 0.5 s. While the startup probe has not passed, or an operator has paused the probes for maintenance, no check runs and readiness fails with that reason. HEAD is served too, with the same status and no body."
 );
 
 probe_route!(
     live,
     "/live",
     ProbeKind::Liveness,
-    "Run the liveness check",
-    "Runs the configured liveness check. Until the agent has answered once, a failure to reach it passes within livenessGraceSeconds, with a note in reason. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the probe's timeoutSeconds + 0.5 s. HEAD is served too, with the same status and no body."
+    "Run the liveness checks",
+    "Runs the liveness probe's checks, together; all must pass. Until the agent has answered once, a failure to reach it passes within livenessGraceSeconds, with a note in reason. While the startup probe has not passed, or an operator has paused the probes for maintenance, no check runs and liveness passes with that reason; once the startup probe has failed failureThreshold times, it fails. Send `Accept: application/json` for the JSON report. Only configured commands run in the guest: nothing in the request becomes one. The answer comes within the longest check timeout + 0.5 s. HEAD is served too, with the same status and no body."
 );
+
+check_route!(
+    ready_check,
+    "/ready/{check}",
+    ProbeKind::Readiness,
+    "Run one readiness check",
+    "Runs one of the readiness probe's checks, as `/ready` would. Only configured commands run in the guest: the name only selects among them. HEAD is served too."
+);
+
+check_route!(
+    live_check,
+    "/live/{check}",
+    ProbeKind::Liveness,
+    "Run one liveness check",
+    "Runs one of the liveness probe's checks, as `/live` would. Only configured commands run in the guest: the name only selects among them. HEAD is served too."
+);
+
+/// `GET /started`: the startup probe's state. Runs nothing.
+#[utoipa::path(
+    get,
+    path = "/started",
+    tag = "probes",
+    summary = "Has the VM started",
+    description = "200 once the startup probe has passed; 503 while it has not (`starting`) and after it failed failureThreshold times in a row (`didNotStart`). The gateway runs the startup probe itself: this only reads its state, with the latest checks, so a container startupProbe can point at it. HEAD is served too.",
+    params(("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report.")),
+    responses(
+        (status = 200, description = "Started.", content(
+            (String = "text/plain", example = "ok"),
+            (JsonReport = "application/json"),
+        )),
+        (status = 503, description = "Not started (yet); the text body is the reason. In KubeVirt hook mode, also while the gateway waits for the VM definition.", content(
+            (String = "text/plain", example = "starting: app: exec: exit code 1 (failure 2 of failureThreshold 30)"),
+            (ProbeUnavailable = "application/json"),
+        )),
+        (status = 400, description = "An unknown query parameter or a bad verbose value.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+        (status = 404, description = "No startup probe is configured.", content(
+            (String = "text/plain"),
+            (ErrorBody = "application/json"),
+        )),
+    )
+)]
+pub(super) async fn started(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiErrorResponse> {
+    let json = accepts_json(&request);
+    let fail = |error| ApiErrorResponse { error, json };
+    let query = probe_query(request.query_string(), QueryRule::VerboseOnly)
+        .map_err(|e| fail(ApiError::BadQuery(e)))?;
+    let set = state
+        .in_force
+        .current()
+        .map_err(|reason| fail(ApiError::Waiting(reason)))?;
+    let report = set
+        .started_report()
+        .ok_or_else(|| fail(ApiError::NotConfigured(ProbeKind::Startup)))?;
+    let exposure = Exposure {
+        output: set.settings.expose_output,
+    };
+    Ok(respond(&report, format(json, query.verbose), exposure))
+}
 
 async fn probe(
     kind: ProbeKind,
+    check: Option<&str>,
     request: &HttpRequest,
     state: &AppState,
 ) -> Result<HttpResponse, ApiErrorResponse> {
     let json = accepts_json(request);
     let fail = |error| ApiErrorResponse { error, json };
-    let verbose = verbose_flag(request.query_string()).map_err(|e| fail(ApiError::BadQuery(e)))?;
+    let rule = match check {
+        None => QueryRule::WholeProbe,
+        Some(_) => QueryRule::VerboseOnly,
+    };
+    let query =
+        probe_query(request.query_string(), rule).map_err(|e| fail(ApiError::BadQuery(e)))?;
     let set = state
         .in_force
         .current()
         .map_err(|reason| fail(ApiError::Waiting(reason)))?;
-    let runner = set
-        .runner(kind)
+    let spec = set
+        .settings
+        .probe(kind)
         .ok_or_else(|| fail(ApiError::NotConfigured(kind)))?;
-    let report = match set.background_report(kind) {
-        Some(report) => report,
-        None => run_bounded(runner).await,
+    let selected: Vec<CheckName> = match check {
+        Some(name) => {
+            let check = spec.check(name).ok_or_else(|| {
+                fail(ApiError::NoSuchCheck {
+                    kind,
+                    name: printable(name),
+                    known: spec.names(),
+                })
+            })?;
+            vec![check.name.clone()]
+        }
+        None => {
+            if let Some(unknown) = query.exclude.iter().find(|name| spec.check(name).is_none()) {
+                return Err(fail(ApiError::BadQuery(format!(
+                    "query parameter exclude: the {kind} probe has no check named {:?} (its checks: {})",
+                    printable(unknown),
+                    spec.names()
+                ))));
+            }
+            spec.checks
+                .iter()
+                .filter(|check| {
+                    !query
+                        .exclude
+                        .iter()
+                        .any(|name| *name == check.name.as_str())
+                })
+                .map(|check| check.name.clone())
+                .collect()
+        }
     };
+    let report = set.answer(kind, &selected).await;
     let exposure = Exposure {
         output: set.settings.expose_output,
     };
-    let format = match (json, verbose) {
+    Ok(respond(&report, format(json, query.verbose), exposure))
+}
+
+/// A name from a request, cut short and kept to printable characters for the error that
+/// names it.
+fn printable(name: &str) -> String {
+    let mut shown: String = name.chars().take(64).filter(|c| !c.is_control()).collect();
+    if name.chars().count() > 64 {
+        shown.push('…');
+    }
+    shown
+}
+
+fn format(json: bool, verbose: bool) -> Format {
+    match (json, verbose) {
         (true, _) => Format::Json,
         (false, true) => Format::Verbose,
         (false, false) => Format::Plain,
-    };
-    Ok(respond(&report, format, exposure))
-}
-
-async fn run_bounded(runner: &Arc<ProbeRunner>) -> Arc<ProbeReport> {
-    let started = tokio::time::Instant::now();
-    let checked_at = SystemTime::now();
-    match tokio::time::timeout(runner.timeout() + RESPONSE_MARGIN, runner.check()).await {
-        Ok(report) => report,
-        Err(_) => {
-            tracing::warn!(probe = %runner.kind(), "check overran its timeout; answering without it");
-            Arc::new(ProbeReport {
-                probe: runner.kind(),
-                handler: runner.handler(),
-                result: CheckResult::Timeout,
-                reason: Some(format!("timed out after {}s", runner.timeout().as_secs())),
-                duration: started.elapsed(),
-                checked_at,
-                exec: None,
-                background: None,
-                reused_age: None,
-            })
-        }
     }
 }
 

@@ -48,7 +48,7 @@ fn configured(config: &str, dir: &Path) -> web::Data<AppState> {
     };
     let settings = Settings::resolve(file, &overrides).expect("settings");
     let metrics = Arc::new(Metrics::new());
-    let checks = InForce::new(WAITING_FOR_DEFINITION);
+    let checks = InForce::new(WAITING_FOR_DEFINITION, crate::probe::never_paused());
     checks.put(settings.checks, &metrics);
     state(checks, metrics)
 }
@@ -69,7 +69,7 @@ async fn configured_app(
 /// The state of a KubeVirt hook sidecar before `OnDefineDomain`: no checks in force.
 fn waiting_for_the_definition() -> web::Data<AppState> {
     state(
-        InForce::new(WAITING_FOR_DEFINITION),
+        InForce::new(WAITING_FOR_DEFINITION, crate::probe::never_paused()),
         Arc::new(Metrics::new()),
     )
 }
@@ -153,7 +153,7 @@ fn unknown_paths_are_404_and_never_redirected() {
         let reply = get(&app, "/nope").await;
         assert_eq!(
             reply.body,
-            "not found: the gateway serves /ready, /live, /healthz and /metrics\n"
+            "not found: the gateway serves /ready, /live, /ready/<check>, /live/<check>, /started, /healthz and /metrics\n"
         );
     });
 }
@@ -194,7 +194,7 @@ fn bad_query_parameters_are_400_naming_the_parameter() {
         assert_eq!(reply.status, 400);
         assert_eq!(
             reply.body,
-            "bad request: unknown query parameter \"command\": the only parameter is verbose\n"
+            "bad request: unknown query parameter \"command\": the parameters are verbose and exclude\n"
         );
     });
 }

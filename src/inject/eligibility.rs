@@ -17,7 +17,7 @@
 use serde_json::{Map, Value};
 
 use super::decision::{Decision, Road};
-use crate::config::InjectSettings;
+use crate::config::{InjectSettings, PROBES_ANNOTATION, ProbeKind, read_probes_annotation};
 
 /// An object the webhook cannot read: the JSON path and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +30,8 @@ pub(crate) struct Malformed {
 /// What the VMI spec (or a VM's template) says about the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Eligibility {
-    /// No exec or guestAgentPing probe: nothing for the gateway to take over.
+    /// No exec or guestAgentPing probe, and no probe in the gateway's annotation: nothing
+    /// for the gateway to take over.
     NoProbes,
     /// The decision to carry to the pods.
     Decided(Decision),
@@ -46,7 +47,36 @@ pub(crate) fn decide(
     settings: &InjectSettings,
 ) -> Result<Eligibility, Malformed> {
     let spec = mapping(spec, "spec")?;
-    let probes = probes_to_take_over(spec)?;
+    let mut probes = probes_to_take_over(spec)?;
+    // The gateway's own annotation: the first map that has it (the template's before the
+    // VM's own) is the one the VMI carries.
+    let annotated = annotations
+        .iter()
+        .find_map(|annotations| annotations.get(PROBES_ANNOTATION));
+    if let Some(annotated) = annotated {
+        let Some(text) = annotated.as_str() else {
+            return Err(malformed(
+                &format!("metadata.annotations[{PROBES_ANNOTATION:?}]"),
+                "not a string",
+            ));
+        };
+        match read_probes_annotation(text) {
+            Ok((file, _)) => {
+                for kind in ProbeKind::ALL {
+                    if file.probe(kind).is_some() && !probes.contains(&kind.as_str()) {
+                        probes.push(kind.as_str());
+                    }
+                }
+            }
+            Err(errors) => {
+                let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                return Ok(Eligibility::Decided(Decision::skip(format!(
+                    "its {PROBES_ANNOTATION} annotation is not valid: {}",
+                    errors.join("; ")
+                ))));
+            }
+        }
+    }
     if probes.is_empty() {
         return Ok(Eligibility::NoProbes);
     }

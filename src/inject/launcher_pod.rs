@@ -26,7 +26,9 @@ use serde_json::{Map, Value, json};
 use super::decision::{Decision, Road};
 use super::eligibility::Malformed;
 use super::virt_probe::{self, NotVirtProbe, VirtProbeCheck, VirtProbeLine};
-use crate::config::{self, InjectSettings, ProbeKind, Quantity};
+use std::time::Duration;
+
+use crate::config::{self, InjectSettings, PROBES_ANNOTATION, ProbeKind, ProbeSpec, Quantity};
 use crate::kubevirt::plugin;
 
 /// The injected container's name.
@@ -44,6 +46,12 @@ const GATEWAY_BINARY: &str = "/usr/local/bin/virt-probe-gateway";
 const PLUGIN_VOLUME: &str = "kubevirt-plugin-sockets";
 /// The environment variable that carries the gateway's config to it.
 pub(crate) const CONFIG_ENV: &str = "PROBE_GATEWAY_CONFIG_TEXT";
+/// The downward API volume through which the gateway follows its pod's annotations (the
+/// maintenance pause), the file in it, where it is mounted, and the variable naming it.
+const PODINFO_VOLUME: &str = "probe-gateway-podinfo";
+const PODINFO_ANNOTATIONS: &str = "annotations";
+const PODINFO_MOUNT: &str = "/etc/probe-gateway/pod";
+const POD_ANNOTATIONS_ENV: &str = "PROBE_GATEWAY_POD_ANNOTATIONS";
 /// KubeVirt's annotation on launcher pods: the VMI's name.
 const DOMAIN_ANNOTATION: &str = "kubevirt.io/domain";
 /// KubeVirt's annotation on its temporary provisioning pods (not a VM's launcher).
@@ -170,11 +178,47 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
         );
     }
 
-    // The probes: each virt-probe exec probe becomes the gateway's check.
-    let mut checks = Map::new();
-    let mut rewritten = Vec::new();
-    for kind in ProbeKind::ALL {
+    // The checks: the gateway's own annotation (copied from the VMI) first, then each
+    // virt-probe exec probe of a kind the annotation leaves out.
+    let mut gateway_config = Map::new();
+    let mut from_annotation = None;
+    if let Some(annotated) = annotations.get(PROBES_ANNOTATION) {
+        let text = annotated.as_str().ok_or_else(|| {
+            malformed(
+                &format!("metadata.annotations[{PROBES_ANNOTATION:?}]"),
+                "not a string",
+            )
+        })?;
+        match config::read_probes_annotation(text) {
+            Ok((file, document)) => {
+                gateway_config = document;
+                from_annotation = Some(file);
+            }
+            Err(errors) => {
+                return skip(format!(
+                    "its {PROBES_ANNOTATION} annotation is not valid: {}",
+                    errors
+                        .0
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+        }
+    }
+    let annotated = |kind: ProbeKind| {
+        from_annotation
+            .as_ref()
+            .and_then(|file| file.probe(kind))
+            .cloned()
+    };
+    let mut from_lines = Vec::new();
+    for kind in ProbeKind::KUBELET {
         let field = kind.field();
+        if annotated(kind).is_some() {
+            continue;
+        }
         let Some(probe) = compute.get(field).filter(|p| !p.is_null()) else {
             continue;
         };
@@ -201,28 +245,41 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
                 line.domain
             ));
         }
-        checks.insert(field.to_string(), check(&line));
-        rewritten.push(kind);
+        gateway_config.insert(field.to_string(), check(&line));
+        from_lines.push(kind);
     }
-    if rewritten.is_empty() {
+    let answered: Vec<ProbeKind> = ProbeKind::KUBELET
+        .into_iter()
+        .filter(|kind| annotated(*kind).is_some() || from_lines.contains(kind))
+        .collect();
+    if answered.is_empty() {
         return Ok(PodOutcome::Unchanged("no virt-probe probe to take over"));
     }
 
-    let mut gateway_config = Map::new();
     // The plugin road's agent is the private channel the gateway adds at MutateDomain.
     if road == Road::Libvirt {
         gateway_config.insert("agent".into(), json!(format!("libvirt:{domain}")));
     }
-    gateway_config.insert(
-        "minIntervalSeconds".into(),
-        json!(settings.min_interval_seconds),
-    );
-    gateway_config.extend(checks);
+    let background = gateway_config.get("mode").and_then(Value::as_str) == Some("background");
+    if !background && !gateway_config.contains_key("minIntervalSeconds") {
+        gateway_config.insert(
+            "minIntervalSeconds".into(),
+            json!(settings.min_interval_seconds),
+        );
+    }
     let config_text = Value::Object(gateway_config).to_string();
     // What the gateway will read, read now: a check it would refuse is not injected.
-    if let Err(errors) = config::parse_document(&config_text) {
+    let gateway_file = match config::parse_document(&config_text) {
+        Ok(file) => file,
+        Err(errors) => {
+            return skip(format!(
+                "the checks would not be valid for the gateway: {errors}"
+            ));
+        }
+    };
+    if has_volume(PODINFO_VOLUME) {
         return skip(format!(
-            "the checks would not be valid for the gateway: {errors}"
+            "it has a volume named {PODINFO_VOLUME} already, the name of the gateway's own"
         ));
     }
 
@@ -250,19 +307,46 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
     } else {
         operations.push(add("/spec/initContainers/-".into(), container));
     }
-    for kind in &rewritten {
+    for kind in &answered {
         let probe = format!("/spec/containers/{compute_index}/{}", kind.field());
-        operations.push(PatchOperation::Remove(RemoveOperation {
-            path: pointer(&format!("{probe}/exec")),
-        }));
-        let path = match kind {
-            ProbeKind::Readiness => "/ready",
-            ProbeKind::Liveness => "/live",
-        };
+        match annotated(*kind) {
+            // The annotation's probe: kubelet's probe made from its schedule.
+            Some(spec) => operations.push(add(probe, kubelet_probe(*kind, &spec, port))),
+            // A virt-probe line: its exec becomes an httpGet, its numbers stay.
+            None => {
+                operations.push(PatchOperation::Remove(RemoveOperation {
+                    path: pointer(&format!("{probe}/exec")),
+                }));
+                operations.push(add(
+                    format!("{probe}/httpGet"),
+                    json!({"path": kind.route(), "port": port, "scheme": "HTTP"}),
+                ));
+            }
+        }
+    }
+    if let Some(startup) = &gateway_file.startup {
+        let grace = (road == Road::Plugin).then(|| {
+            gateway_file
+                .liveness_grace
+                .unwrap_or(config::DEFAULT_LIVENESS_GRACE)
+        });
         operations.push(add(
-            format!("{probe}/httpGet"),
-            json!({"path": path, "port": port, "scheme": "HTTP"}),
+            format!("/spec/containers/{compute_index}/startupProbe"),
+            kubelet_startup_probe(startup, grace, port),
         ));
+    }
+    // The pod's annotations for the gateway to follow (the maintenance pause).
+    let podinfo = json!({
+        "name": PODINFO_VOLUME,
+        "downwardAPI": {"items": [{
+            "path": PODINFO_ANNOTATIONS,
+            "fieldRef": {"fieldPath": "metadata.annotations"},
+        }]},
+    });
+    if spec.get("volumes").is_none_or(Value::is_null) {
+        operations.push(add("/spec/volumes".into(), json!([podinfo])));
+    } else {
+        operations.push(add("/spec/volumes/-".into(), podinfo));
     }
     let secrets = array_at(spec, "imagePullSecrets", "spec")?;
     let missing: Vec<&String> = settings
@@ -285,7 +369,10 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
             ));
         }
     }
-    let probes: Vec<&str> = rewritten.iter().map(|kind| kind.as_str()).collect();
+    let mut probes: Vec<&str> = answered.iter().map(|kind| kind.as_str()).collect();
+    if gateway_file.startup.is_some() {
+        probes.push("startup");
+    }
     Ok(PodOutcome::Injected {
         patch: Patch(operations),
         summary: format!(
@@ -306,6 +393,48 @@ fn check(line: &VirtProbeLine) -> Value {
     let mut probe = handler;
     probe["timeoutSeconds"] = json!(line.timeout_seconds);
     probe
+}
+
+/// Kubelet's probe of `kind` for a probe the annotation gives: the gateway's route, the
+/// probe's schedule, and a timeout one second longer than its longest check (as KubeVirt
+/// gives a virt-probe probe), since the gateway answers within it plus 0.5 s.
+fn kubelet_probe(kind: ProbeKind, spec: &ProbeSpec, port: u16) -> Value {
+    json!({
+        "httpGet": {"path": kind.route(), "port": port, "scheme": "HTTP"},
+        "initialDelaySeconds": spec.initial_delay_seconds,
+        "timeoutSeconds": spec.longest_timeout().as_secs() + 1,
+        "periodSeconds": spec.period_seconds,
+        "successThreshold": spec.success_threshold,
+        "failureThreshold": spec.failure_threshold,
+    })
+}
+
+/// The time kubelet's startup probe allows beyond the gateway's own count: the gateway's
+/// start and the domain's definition, during which the gateway does not count failures.
+const STARTUP_ALLOWANCE_SECONDS: u64 = 60;
+
+/// Kubelet's startup probe on compute: `/started`, which only reads the gateway's state, on
+/// the startup probe's period, for long enough that the gateway decides first: its initial
+/// delay, `failureThreshold` periods and a check's timeout, [`STARTUP_ALLOWANCE_SECONDS`],
+/// and on the plugin road (where the gateway cannot see the domain's state and does not
+/// count failures of an agent that never answered within the liveness grace) that grace.
+fn kubelet_startup_probe(spec: &ProbeSpec, grace: Option<Duration>, port: u16) -> Value {
+    let period = u64::from(spec.period_seconds.max(1));
+    let window = u64::from(spec.initial_delay_seconds)
+        + u64::from(spec.failure_threshold) * period
+        + spec.longest_timeout().as_secs()
+        + STARTUP_ALLOWANCE_SECONDS
+        + grace.map_or(0, |grace| grace.as_secs());
+    let failures = window
+        .div_ceil(period)
+        .min(u64::from(i32::MAX.unsigned_abs()));
+    json!({
+        "httpGet": {"path": ProbeKind::Startup.route(), "port": port, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "successThreshold": 1,
+        "failureThreshold": failures,
+    })
 }
 
 /// How the gateway container runs.
@@ -361,7 +490,10 @@ fn gateway_container(settings: &InjectSettings, run: GatewayRun<'_>) -> Value {
         "restartPolicy": "Always",
         "command": [command],
         "args": args,
-        "env": [{"name": CONFIG_ENV, "value": run.config_text}],
+        "env": [
+            {"name": CONFIG_ENV, "value": run.config_text},
+            {"name": POD_ANNOTATIONS_ENV, "value": format!("{PODINFO_MOUNT}/{PODINFO_ANNOTATIONS}")},
+        ],
         "ports": [{"name": CONTAINER_NAME, "containerPort": run.port, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": quantity(&requests.cpu), "memory": quantity(&requests.memory)},
@@ -375,7 +507,7 @@ fn gateway_container(settings: &InjectSettings, run: GatewayRun<'_>) -> Value {
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [mount],
+        "volumeMounts": [mount, {"name": PODINFO_VOLUME, "mountPath": PODINFO_MOUNT, "readOnly": true}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     })
 }

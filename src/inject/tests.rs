@@ -180,7 +180,22 @@ fn a_launcher_pod_gets_the_gateway_and_its_probes_pointed_at_it() {
     );
     assert_eq!(
         gateway["volumeMounts"],
-        json!([{"name": "libvirt-runtime", "mountPath": "/var/run/libvirt"}])
+        json!([
+            {"name": "libvirt-runtime", "mountPath": "/var/run/libvirt"},
+            {"name": "probe-gateway-podinfo", "mountPath": "/etc/probe-gateway/pod", "readOnly": true},
+        ])
+    );
+    // The pod's annotations, for the maintenance pause.
+    assert_eq!(
+        gateway["env"][1],
+        json!({"name": "PROBE_GATEWAY_POD_ANNOTATIONS", "value": "/etc/probe-gateway/pod/annotations"})
+    );
+    let volumes = patched["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(
+        volumes.last().unwrap(),
+        &json!({"name": "probe-gateway-podinfo", "downwardAPI": {"items": [
+            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+        ]}})
     );
     assert_eq!(
         gateway["resources"],
@@ -203,10 +218,11 @@ fn a_launcher_pod_gets_the_gateway_and_its_probes_pointed_at_it() {
     );
     assert!(parse_document(env["value"].as_str().unwrap()).is_ok());
 
-    // Nothing else changed: the patched pod less the gateway and the probes' handlers is
-    // the pod as it came, fields unknown to the webhook included.
+    // Nothing else changed: the patched pod less the gateway, its volume and the probes'
+    // handlers is the pod as it came, fields unknown to the webhook included.
     let mut back = patched.clone();
     back["spec"]["initContainers"].as_array_mut().unwrap().pop();
+    back["spec"]["volumes"].as_array_mut().unwrap().pop();
     for field in ["readinessProbe", "livenessProbe"] {
         back["spec"]["containers"][0][field]
             .as_object_mut()
@@ -596,8 +612,8 @@ fn a_plugin_road_pod_gets_the_plugin_sidecar_on_its_own_subpath() {
         ])
     );
     assert_eq!(
-        gateway["volumeMounts"],
-        json!([{"name": "kubevirt-plugin-sockets", "mountPath": "/var/run/kubevirt-plugin/probe-gateway", "subPath": "probe-gateway"}])
+        gateway["volumeMounts"][0],
+        json!({"name": "kubevirt-plugin-sockets", "mountPath": "/var/run/kubevirt-plugin/probe-gateway", "subPath": "probe-gateway"})
     );
     // The agent is the private channel the gateway adds at MutateDomain: none is named.
     let config: Value = serde_json::from_str(gateway["env"][0]["value"].as_str().unwrap()).unwrap();
@@ -653,4 +669,173 @@ fn a_vmi_in_a_plugin_namespace_is_decided_for_the_plugin_road() {
             .ends_with("the guest must run a second qemu-ga on org.qemu.guest_agent.1)"),
         "{warnings:?}"
     );
+}
+
+/// The gateway's annotation with three named checks, a startup probe and a readiness
+/// schedule of its own, as the VM's template carries it (and KubeVirt copies it to the VMI
+/// and the launcher pod).
+const NAMED_CHECKS: &str = "checks:\n  agent: {guestAgentPing: {}}\n  app: {exec: {command: [systemctl, is-active, app]}, timeoutSeconds: 3}\n  disk: {exec: {command: [test, -w, /var/lib/app]}}\nreadinessProbe:\n  checks: [agent, app, disk]\n  periodSeconds: 5\n  failureThreshold: 2\nstartupProbe:\n  checks: [app]\n  periodSeconds: 10\n  failureThreshold: 30\n";
+
+fn annotated_pod(annotation: &str) -> Value {
+    let mut pod = fixture("launcher-pod.json");
+    pod["metadata"]["annotations"][crate::config::PROBES_ANNOTATION] = json!(annotation);
+    pod
+}
+
+#[test]
+fn the_annotations_checks_go_to_the_gateway_and_its_probes_to_kubelet() {
+    let pod = annotated_pod(NAMED_CHECKS);
+    let answer = pod_answer(&pod);
+    assert_eq!(answer.outcome, Outcome::Patched, "{}", answer.detail);
+    let patched = &answer.patched;
+    let compute = &patched["spec"]["containers"][0];
+
+    // Readiness: the annotation's schedule, a timeout 1 s over its longest check.
+    assert_eq!(
+        compute["readinessProbe"],
+        json!({
+            "httpGet": {"path": "/ready", "port": 8190, "scheme": "HTTP"},
+            "initialDelaySeconds": 0,
+            "timeoutSeconds": 4,
+            "periodSeconds": 5,
+            "successThreshold": 1,
+            "failureThreshold": 2,
+        })
+    );
+    // Liveness, which the annotation leaves out: the VMI's virt-probe line, as before.
+    assert_eq!(handlers(&compute["livenessProbe"]), ["httpGet"]);
+    assert_eq!(compute["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(compute["livenessProbe"]["periodSeconds"], 10);
+    // Startup: /started, long enough for the gateway to decide first: 30 periods of 10 s,
+    // a 3 s check and the 60 s allowance, in 10 s periods.
+    assert_eq!(
+        compute["startupProbe"],
+        json!({
+            "httpGet": {"path": "/started", "port": 8190, "scheme": "HTTP"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "successThreshold": 1,
+            "failureThreshold": 37,
+        })
+    );
+
+    // The gateway's config: the annotation's document, the agent, the liveness line.
+    let gateway = gateway_of(patched);
+    let text = gateway["env"][0]["value"].as_str().unwrap();
+    let config: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(config["agent"], "libvirt:default_vm-fedora");
+    assert_eq!(
+        config["readinessProbe"]["checks"],
+        json!(["agent", "app", "disk"])
+    );
+    assert_eq!(config["checks"]["app"]["timeoutSeconds"], 3);
+    assert_eq!(config["startupProbe"]["failureThreshold"], 30);
+    assert_eq!(
+        config["livenessProbe"],
+        json!({"guestAgentPing": {}, "timeoutSeconds": 1})
+    );
+    let file = parse_document(text).unwrap();
+    assert_eq!(file.readiness.unwrap().checks.len(), 3);
+    assert!(
+        answer
+            .detail
+            .contains("its readiness and liveness and startup probe"),
+        "{}",
+        answer.detail
+    );
+}
+
+#[test]
+fn on_the_plugin_road_kubelets_startup_window_takes_in_the_liveness_grace() {
+    let mut pod = plugin_road_pod();
+    pod["metadata"]["annotations"][crate::config::PROBES_ANNOTATION] =
+        json!(format!("livenessGraceSeconds: 300\n{NAMED_CHECKS}"));
+    let answer = pod_answer(&pod);
+    assert_eq!(answer.outcome, Outcome::Patched, "{}", answer.detail);
+    // (30 × 10 + 3 + 60 + 300) / 10, rounded up.
+    assert_eq!(
+        answer.patched["spec"]["containers"][0]["startupProbe"]["failureThreshold"],
+        67
+    );
+}
+
+#[test]
+fn an_invalid_annotation_keeps_the_stock_probes_naming_the_mistakes() {
+    let answer = pod_answer(&annotated_pod("readinessProbe:\n  checks: [nope]\n"));
+    assert_eq!(answer.outcome, Outcome::Skipped);
+    assert!(!answer.has_patch());
+    let warnings = answer.warnings();
+    assert_eq!(
+        warnings,
+        [
+            "virt-probe-gateway: launcher pod keeps the stock probes: its probe-gateway.kubevirt.io/probes annotation is not valid: readinessProbe.checks[0]: no check named \"nope\": define it under checks"
+        ]
+    );
+}
+
+#[test]
+fn a_vmi_whose_probes_are_only_in_the_annotation_is_taken_with_them_named() {
+    let mut vmi = fixture("vmi.json");
+    let spec = vmi["spec"].as_object_mut().unwrap();
+    spec.remove("readinessProbe");
+    spec.remove("livenessProbe");
+    vmi["metadata"]["annotations"][crate::config::PROBES_ANNOTATION] = json!(NAMED_CHECKS);
+    let answer = answer_of("kubevirt.io", "VirtualMachineInstance", "CREATE", &vmi);
+    assert_eq!(
+        answer.warnings(),
+        [
+            "virt-probe-gateway: its readiness and startup probe will be answered by the gateway on port 8190, through libvirt"
+        ]
+    );
+    // An invalid annotation: decided against, and said why.
+    vmi["metadata"]["annotations"][crate::config::PROBES_ANNOTATION] =
+        json!("readinessProbe:\n  checks: []\n");
+    let answer = answer_of("kubevirt.io", "VirtualMachineInstance", "CREATE", &vmi);
+    let written = answer.patched["metadata"]["annotations"][DECISION]
+        .as_str()
+        .unwrap();
+    assert!(written.contains(r#""inject":false"#), "{written}");
+    assert!(
+        written.contains(
+            "annotation is not valid: readinessProbe.checks: must list at least one check"
+        ),
+        "{written}"
+    );
+}
+
+#[test]
+fn the_gateway_follows_its_pods_annotations_through_a_downward_api_volume() {
+    let answer = pod_answer(&fixture("launcher-pod.json"));
+    let gateway = gateway_of(&answer.patched);
+    let path = gateway["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "PROBE_GATEWAY_POD_ANNOTATIONS")
+        .map(|e| e["value"].as_str().unwrap())
+        .unwrap();
+    let mount = gateway["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap();
+    let volume = answer.patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let item = &volume["downwardAPI"]["items"][0];
+    assert_eq!(item["fieldRef"]["fieldPath"], "metadata.annotations");
+    assert!(path.ends_with(item["path"].as_str().unwrap()));
+    // A pod with a volume of that name already: left alone, and said why.
+    let mut pod = fixture("launcher-pod.json");
+    pod["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "probe-gateway-podinfo", "emptyDir": {}}));
+    let answer = pod_answer(&pod);
+    assert_eq!(answer.outcome, Outcome::Skipped);
+    assert!(answer.warnings()[0].contains("probe-gateway-podinfo"));
 }

@@ -109,6 +109,7 @@ mod tests {
             output_excerpt_bytes: 1024,
             readiness: None,
             liveness: None,
+            startup: None,
         }
     }
 

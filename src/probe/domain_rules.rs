@@ -70,7 +70,8 @@ fn rule(state: &DomainState) -> Rule {
     }
 }
 
-/// The verdict for `probe` in `state`, for a check that did not reach the agent.
+/// The verdict for `probe` in `state`, for a check that did not reach the agent. The
+/// startup probe has its own reading ([`judge_startup`]); here it is taken as liveness.
 pub(super) fn judge(probe: ProbeKind, state: &DomainState) -> Verdict {
     let (pass, fail) = (
         || Verdict::Pass(state.to_string()),
@@ -78,8 +79,42 @@ pub(super) fn judge(probe: ProbeKind, state: &DomainState) -> Verdict {
     );
     match (rule(state), probe) {
         (Rule::AsChecked, _) => Verdict::AsChecked,
-        (Rule::BothPass, _) | (Rule::LivenessOnly, ProbeKind::Liveness) => pass(),
+        (Rule::BothPass, _) | (Rule::LivenessOnly, ProbeKind::Liveness | ProbeKind::Startup) => {
+            pass()
+        }
         (Rule::LivenessOnly, ProbeKind::Readiness) | (Rule::BothFail, _) => fail(),
+    }
+}
+
+/// What the state makes of a startup check that could not reach the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StartupVerdict {
+    /// The guest started already: it is migrating, here or to here.
+    Started(String),
+    /// Not counted: the domain is not there yet, or is held (paused, ending) for a reason
+    /// that says nothing about the guest starting.
+    Waiting(String),
+    /// Counted: the VM is broken.
+    Fail(String),
+    /// The domain runs: the check's own outcome counts.
+    AsChecked,
+}
+
+/// The startup probe's reading of `state`. A migration target's gateway starts while its
+/// guest is still on the source (no domain, then a domain paused while it comes in): the
+/// startup probe must neither fail it then nor wait for it to pass here.
+pub(super) fn judge_startup(state: &DomainState) -> StartupVerdict {
+    let why = state.to_string();
+    match state {
+        DomainState::Running => StartupVerdict::AsChecked,
+        DomainState::Migrating
+        | DomainState::Paused(PauseReason::Migration | PauseReason::PostCopy) => {
+            StartupVerdict::Started(why)
+        }
+        _ => match rule(state) {
+            Rule::BothFail => StartupVerdict::Fail(why),
+            _ => StartupVerdict::Waiting(why),
+        },
     }
 }
 
@@ -129,6 +164,40 @@ mod tests {
             assert_eq!(judge(LIVE, &state), Verdict::Fail(state.to_string()));
             assert_eq!(judge(READY, &state), Verdict::Fail(state.to_string()));
         }
+    }
+
+    #[test]
+    fn startup_counts_a_running_domain_passes_a_migrating_one_and_waits_for_the_rest() {
+        assert_eq!(
+            judge_startup(&DomainState::Running),
+            StartupVerdict::AsChecked
+        );
+        for state in [
+            DomainState::Migrating,
+            paused(PauseReason::Migration),
+            paused(PauseReason::PostCopy),
+        ] {
+            assert_eq!(
+                judge_startup(&state),
+                StartupVerdict::Started(state.to_string())
+            );
+        }
+        for state in [
+            DomainState::NoDomain,
+            paused(PauseReason::StartingUp),
+            paused(PauseReason::User),
+            DomainState::ShutOff("destroyed".into()),
+        ] {
+            assert_eq!(
+                judge_startup(&state),
+                StartupVerdict::Waiting(state.to_string())
+            );
+        }
+        let crashed = DomainState::Crashed("panicked".into());
+        assert_eq!(
+            judge_startup(&crashed),
+            StartupVerdict::Fail(crashed.to_string())
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::report::{CheckResult, ExecDetails, signal_name};
 use crate::agent::{AgentError, ExecStatus, GuestAgent};
-use crate::config::{ExecCommand, ProbeKind};
+use crate::config::{CheckName, ExecCommand};
 
 /// What a check found, before it becomes a [`super::ProbeReport`].
 #[derive(Debug, Clone, PartialEq)]
@@ -63,15 +63,15 @@ pub(super) async fn ping(agent: &GuestAgent, timeout: Duration, deadline: Instan
 
 /// Runs the configured command in the guest (the agent's guest processes poll it until it
 /// exits or the deadline passes; one still running then stays tracked and keeps this
-/// probe from starting another) and judges its exit.
+/// check from starting another) and judges its exit.
 pub(super) async fn exec(
     agent: &GuestAgent,
-    probe: ProbeKind,
+    check: &CheckName,
     command: &ExecCommand,
     timeout: Duration,
     deadline: Instant,
 ) -> Outcome {
-    match agent.exec(probe, command, deadline).await {
+    match agent.exec(check, command, deadline).await {
         Ok(status) => exited(status),
         Err(error) => Outcome::from_agent_error(&error, timeout),
     }

@@ -1,22 +1,31 @@
-//! The probes in force: what `/ready` and `/live` run, and the policy for replacing them.
-//! A [`ProbeSet`] is built as a whole from [`CheckSettings`] (one agent connection, one
-//! [`ProbeRunner`] per probe) and replaced as a whole ([`InForce::put`]), so a request always
-//! sees one consistent set. In KubeVirt hook mode there is none until the VM is defined.
+//! The probes in force: what `/ready`, `/live` and `/started` answer from, and the policy
+//! for replacing them. A [`ProbeSet`] is built as a whole from [`CheckSettings`] (one agent
+//! connection, one [`CheckRunner`] per check, each probe's checks as it takes them, the
+//! startup probe, the background loops) and replaced as a whole ([`InForce::put`]), so a
+//! request always sees one consistent set. In KubeVirt hook mode there is none until the
+//! VM is defined.
 //!
 //! A set replaced is only dropped, never closed: requests in flight hold it and finish on
 //! it, and its agent connection, when the new set does not share it, closes by itself once
 //! the last of them has (the agent task ends gracefully when its last handle goes). Only
 //! the set in force at shutdown is closed explicitly ([`ProbeSet::close`]).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::{BackgroundProbe, LivenessGrace, ProbeReport, ProbeRunner};
+use super::background::{BackgroundCheck, Schedule};
+use super::gate::{Gate, PauseWatch};
+use super::judge::{LivenessGrace, ProbeCheck, run_together};
+use super::report::{Held, ProbeReport, Standing};
+use super::runner::CheckRunner;
+use super::startup::{Startup, StartupState};
 use crate::agent::GuestAgent;
 #[cfg(feature = "libvirt")]
 use crate::config::LibvirtDomain;
-use crate::config::{AgentSetting, CheckSettings, Mode, ProbeKind};
+use crate::config::{AgentSetting, CheckName, CheckSettings, Mode, ProbeKind};
 use crate::metrics::Metrics;
 
 /// Starts the agent client of a new set: [`spawn_agent`] in the gateway, a scripted agent
@@ -26,14 +35,21 @@ type SpawnAgent<'a> = &'a dyn Fn(&CheckSettings, &Arc<Metrics>) -> GuestAgent;
 /// The probes of one configuration and the agent connection they share.
 pub(crate) struct ProbeSet {
     pub settings: CheckSettings,
-    readiness: Option<Arc<ProbeRunner>>,
-    liveness: Option<Arc<ProbeRunner>>,
+    /// One runner per check, whichever probes list it.
+    runners: BTreeMap<CheckName, Arc<CheckRunner>>,
+    /// Each probe's checks, in the probe's order.
+    probes: BTreeMap<ProbeKind, Vec<Arc<ProbeCheck>>>,
     agent: GuestAgent,
     /// When the liveness grace began: the first set's start, kept by the sets that follow
     /// it (a reload is not a new VM).
     grace_started: Instant,
-    /// Background mode: the loops, one per probe. A loop stops when no set holds it.
-    background: Vec<Arc<BackgroundProbe>>,
+    /// Background mode: the loops, one per check of readiness and liveness. A loop stops
+    /// when no set holds it.
+    background: Vec<Arc<BackgroundCheck>>,
+    /// The startup probe's state, carried from set to set.
+    startup: Arc<Startup>,
+    pause: PauseWatch,
+    metrics: Arc<Metrics>,
 }
 
 /// The set a new one takes over from, on the same agent address.
@@ -45,23 +61,28 @@ struct Predecessor<'a> {
 }
 
 impl ProbeSet {
-    fn start_with(settings: CheckSettings, metrics: &Arc<Metrics>, spawn: SpawnAgent) -> ProbeSet {
+    fn start_with(
+        settings: CheckSettings,
+        pause: PauseWatch,
+        metrics: &Arc<Metrics>,
+        spawn: SpawnAgent,
+    ) -> ProbeSet {
         let agent = spawn(&settings, metrics);
-        ProbeSet::build(settings, agent, Instant::now(), None, metrics).0
+        ProbeSet::build(settings, agent, Instant::now(), None, pause, metrics).0
     }
 
     /// The set for `settings` that takes over from `previous` (a reload, a redefinition).
     /// It keeps what is still true:
-    /// - the liveness grace's start;
-    /// - on the same agent address, each background probe's state: its counts, its latest
+    /// - the liveness grace's start, and the startup probe's state;
+    /// - on the same agent address, each background check's state: its counts, its latest
     ///   result, its schedule (a reload never sends readiness back to failing, nor waits
     ///   `initialDelaySeconds` again) when its command is the same;
     /// - when one agent client serves both sets (same address and excerpt size), that
     ///   connection (a private channel or a listening agent serves one client at a time,
-    ///   so a second connection would only wait behind the first), and every probe whose
-    ///   check is unchanged, with its check in flight and its loop.
+    ///   so a second connection would only wait behind the first), and every check that is
+    ///   unchanged, with its run in flight and its loops.
     ///
-    /// A new agent address (another vsock CID) starts the probes afresh: what was learnt
+    /// A new agent address (another vsock CID) starts the checks afresh: what was learnt
     /// was about another endpoint.
     fn follow(
         previous: &ProbeSet,
@@ -79,111 +100,312 @@ impl ProbeSet {
             set: previous,
             same_connection,
         };
-        let predecessor = (previous.settings.agent == settings.agent).then_some(predecessor);
         let (set, mut kept) = ProbeSet::build(
             settings,
             agent,
             previous.grace_started,
-            predecessor,
+            Some(predecessor),
+            previous.pause.clone(),
             metrics,
         );
         kept.connection = same_connection;
         (set, kept)
     }
 
-    /// `predecessor`: the set taken over on the same agent address. Returns the set and
-    /// which of its predecessor's runners and loops it took over.
+    /// `predecessor`: the set taken over (its runners and loops only when on the same
+    /// agent address). Returns the set and which of its predecessor's runners and loops it
+    /// took over.
     fn build(
         settings: CheckSettings,
         agent: GuestAgent,
         grace_started: Instant,
         predecessor: Option<Predecessor<'_>>,
+        pause: PauseWatch,
         metrics: &Arc<Metrics>,
     ) -> (ProbeSet, Kept) {
         let mut kept = Kept::default();
+        let same_address = predecessor.filter(|p| p.set.settings.agent == settings.agent);
         let grace = (!settings.liveness_grace.is_zero()).then_some(LivenessGrace {
             started: grace_started,
             window: settings.liveness_grace,
         });
-        let mut runner = |kind: ProbeKind| {
-            let spec = settings.probe(kind)?;
-            let grace = (kind == ProbeKind::Liveness).then_some(grace).flatten();
-            let unchanged = predecessor
-                .filter(|predecessor| predecessor.same_connection)
-                .and_then(|predecessor| predecessor.set.runner(kind))
-                .filter(|runner| runner.runs(spec, settings.min_interval, grace));
-            Some(match unchanged {
-                Some(runner) => {
-                    kept.runners.push(kind);
-                    Arc::clone(runner)
-                }
-                None => ProbeRunner::new(
-                    kind,
-                    spec.clone(),
-                    agent.clone(),
-                    grace,
-                    settings.min_interval,
-                    Arc::clone(metrics),
-                ),
-            })
-        };
-        let readiness = runner(ProbeKind::Readiness);
-        let liveness = runner(ProbeKind::Liveness);
-        let mut set = ProbeSet {
-            settings,
-            readiness,
-            liveness,
-            agent,
-            grace_started,
-            background: Vec::new(),
-        };
-        if set.settings.mode == Mode::Background {
-            for kind in ProbeKind::ALL {
-                let Some(runner) = set.runner(kind) else {
+
+        // One runner per check, whichever probes list it.
+        let mut runners: BTreeMap<CheckName, Arc<CheckRunner>> = BTreeMap::new();
+        for kind in ProbeKind::ALL {
+            for spec in settings.probe(kind).map_or(&[][..], |p| &p.checks) {
+                if runners.contains_key(&spec.name) {
                     continue;
-                };
-                let before =
-                    predecessor.and_then(|predecessor| predecessor.set.background_probe(kind));
-                let probe = match before {
-                    // The same runner: the same spec, the same loop.
-                    Some(before) if Arc::ptr_eq(before.runner(), runner) => {
-                        kept.loops.push(kind);
-                        Arc::clone(before)
+                }
+                let unchanged = same_address
+                    .filter(|p| p.same_connection)
+                    .and_then(|p| p.set.runners.get(&spec.name))
+                    .filter(|runner| runner.runs(spec, settings.min_interval));
+                let runner = match unchanged {
+                    Some(runner) => {
+                        kept.runners.push(spec.name.clone());
+                        Arc::clone(runner)
                     }
-                    Some(before) if before.runner().spec().handler == runner.spec().handler => {
-                        kept.resumed.push(kind);
-                        Arc::new(BackgroundProbe::resume(before, Arc::clone(runner)))
-                    }
-                    _ => Arc::new(BackgroundProbe::start(Arc::clone(runner))),
+                    None => CheckRunner::new(spec.clone(), agent.clone(), settings.min_interval),
                 };
-                set.background.push(probe);
+                runners.insert(spec.name.clone(), runner);
             }
         }
+
+        // Each probe's checks, as the probe takes them.
+        let mut probes = BTreeMap::new();
+        for kind in ProbeKind::ALL {
+            let Some(spec) = settings.probe(kind) else {
+                continue;
+            };
+            let grace = (kind != ProbeKind::Readiness).then_some(grace).flatten();
+            let checks: Vec<Arc<ProbeCheck>> = spec
+                .checks
+                .iter()
+                .filter_map(|check| runners.get(&check.name))
+                .map(|runner| {
+                    let before = same_address
+                        .and_then(|p| p.set.probe_check(kind, runner.name()))
+                        .filter(|before| before.takes(runner, grace));
+                    match before {
+                        Some(before) => Arc::clone(before),
+                        None => {
+                            ProbeCheck::new(kind, Arc::clone(runner), grace, Arc::clone(metrics))
+                        }
+                    }
+                })
+                .collect();
+            probes.insert(kind, checks);
+        }
+
+        // The startup probe: its state goes on from the set before.
+        let startup_checks = settings.startup.as_ref().map(|spec| {
+            let checks = probes.get(&ProbeKind::Startup).cloned().unwrap_or_default();
+            (checks, Schedule::of(spec))
+        });
+        let startup_gate = Gate::pause_only(pause.clone());
+        let startup = match predecessor {
+            Some(p) => {
+                p.set.startup.follow(startup_checks, startup_gate);
+                Arc::clone(&p.set.startup)
+            }
+            None => match startup_checks {
+                Some((checks, schedule)) => {
+                    Startup::start(checks, schedule, startup_gate, Arc::clone(metrics))
+                }
+                None => Startup::started(Arc::clone(metrics)),
+            },
+        };
+
+        let mut background = Vec::new();
+        if settings.mode == Mode::Background {
+            for kind in ProbeKind::KUBELET {
+                let (Some(spec), Some(checks)) = (settings.probe(kind), probes.get(&kind)) else {
+                    continue;
+                };
+                let schedule = Schedule::of(spec);
+                let gate = Gate::after_start(pause.clone(), startup.started_watch());
+                for check in checks {
+                    let before =
+                        same_address.and_then(|p| p.set.background_check(kind, check.name()));
+                    let key = (kind, check.name().clone());
+                    let looped = match before {
+                        // The same check of the same probe on the same schedule: the loop.
+                        Some(before)
+                            if Arc::ptr_eq(before.check(), check)
+                                && *before.schedule() == schedule =>
+                        {
+                            kept.loops.push(key);
+                            Arc::clone(before)
+                        }
+                        Some(before)
+                            if before.check().runner().spec().handler
+                                == check.runner().spec().handler =>
+                        {
+                            kept.resumed.push(key);
+                            Arc::new(BackgroundCheck::resume(
+                                before,
+                                Arc::clone(check),
+                                schedule,
+                                gate.clone(),
+                            ))
+                        }
+                        _ => Arc::new(BackgroundCheck::start(
+                            Arc::clone(check),
+                            schedule,
+                            gate.clone(),
+                        )),
+                    };
+                    background.push(looped);
+                }
+            }
+        }
+        let set = ProbeSet {
+            settings,
+            runners,
+            probes,
+            agent,
+            grace_started,
+            background,
+            startup,
+            pause,
+            metrics: Arc::clone(metrics),
+        };
         (set, kept)
     }
 
-    /// The runner of `kind`, if that probe is configured.
-    pub(crate) fn runner(&self, kind: ProbeKind) -> Option<&Arc<ProbeRunner>> {
-        match kind {
-            ProbeKind::Readiness => self.readiness.as_ref(),
-            ProbeKind::Liveness => self.liveness.as_ref(),
+    /// The runner of the check `name`.
+    #[cfg(test)]
+    pub(super) fn runner(&self, name: &str) -> Option<&Arc<CheckRunner>> {
+        self.runners
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, r)| r)
+    }
+
+    fn probe_check(&self, kind: ProbeKind, name: &CheckName) -> Option<&Arc<ProbeCheck>> {
+        self.probes
+            .get(&kind)?
+            .iter()
+            .find(|check| check.name() == name)
+    }
+
+    fn background_check(&self, kind: ProbeKind, name: &CheckName) -> Option<&Arc<BackgroundCheck>> {
+        self.background
+            .iter()
+            .find(|check| check.kind() == kind && check.name() == name)
+    }
+
+    /// The answer for `kind` (readiness or liveness) from the checks named in `selected`
+    /// (the probe's checks, or some of them: the caller has checked the names). The
+    /// checks run together, each within its timeout, so the answer comes within the
+    /// longest timeout + 0.5 s; in background mode it is the loops' state, at once. While
+    /// the probes are paused or the startup probe holds them, that state answers and no
+    /// check runs.
+    pub(crate) async fn answer(&self, kind: ProbeKind, selected: &[CheckName]) -> ProbeReport {
+        let begun = Instant::now();
+        let checked_at = SystemTime::now();
+        if let Some(held) = self.held(kind) {
+            if held.standing == Standing::Paused {
+                self.metrics.record_paused_answer(kind);
+            }
+            return ProbeReport {
+                probe: kind,
+                checks: Vec::new(),
+                held: Some(held),
+                duration: begun.elapsed(),
+                checked_at,
+            };
+        }
+        let checks: Vec<&Arc<ProbeCheck>> = self
+            .probes
+            .get(&kind)
+            .map(|checks| {
+                checks
+                    .iter()
+                    .filter(|check| selected.contains(check.name()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reports = if self.settings.mode == Mode::Background {
+            checks
+                .iter()
+                .filter_map(|check| self.background_check(kind, check.name()))
+                .map(|looped| looped.report())
+                .collect()
+        } else {
+            // Every run started before the first is waited for: they run together.
+            let pending: Vec<_> = checks.iter().map(|check| check.start()).collect();
+            let mut reports = Vec::with_capacity(pending.len());
+            for check in pending {
+                reports.push(check.finish().await);
+            }
+            reports
+        };
+        ProbeReport {
+            probe: kind,
+            checks: reports,
+            held: None,
+            duration: begun.elapsed(),
+            checked_at,
         }
     }
 
-    fn background_probe(&self, kind: ProbeKind) -> Option<&Arc<BackgroundProbe>> {
-        self.background.iter().find(|probe| probe.kind() == kind)
+    /// The state that answers for `kind` instead of its checks: a pause, then the start.
+    fn held(&self, kind: ProbeKind) -> Option<Held> {
+        if let Some(pause) = self.pause.borrow().as_ref() {
+            return Some(Held {
+                standing: Standing::Paused,
+                passed: kind == ProbeKind::Liveness,
+                reason: pause.reason(),
+            });
+        }
+        self.startup.held(kind)
     }
 
-    /// The answer for `kind`: in background mode the loop's current state, at once;
-    /// otherwise `None` (the caller runs the check).
-    pub(crate) fn background_report(&self, kind: ProbeKind) -> Option<Arc<ProbeReport>> {
-        self.background_probe(kind).map(|probe| probe.report())
+    /// `/started`: the startup probe's state with its latest checks, or `None` when there
+    /// is no startup probe.
+    pub(crate) fn started_report(&self) -> Option<ProbeReport> {
+        self.settings.startup.as_ref()?;
+        let state = self.startup.state();
+        let latest = latest_of(&state).cloned();
+        // Not started: what readiness is held with, which never passes.
+        let held = self.startup.held(ProbeKind::Readiness);
+        Some(ProbeReport {
+            probe: ProbeKind::Startup,
+            checks: latest.map(|l| l.checks.clone()).unwrap_or_default(),
+            held,
+            duration: latest_duration(&state),
+            checked_at: latest_checked_at(&state),
+        })
     }
 
     /// Closes the agent connection gracefully (at shutdown); checks after it fail as
     /// unavailable.
     pub(crate) async fn close(&self) {
         self.agent.close().await;
+    }
+}
+
+fn latest_of(state: &StartupState) -> Option<&Arc<ProbeReport>> {
+    match state {
+        StartupState::Started { latest } | StartupState::Starting { latest, .. } => latest.as_ref(),
+        StartupState::DidNotStart { latest, .. } => Some(latest),
+    }
+}
+
+fn latest_duration(state: &StartupState) -> std::time::Duration {
+    latest_of(state).map(|l| l.duration).unwrap_or_default()
+}
+
+fn latest_checked_at(state: &StartupState) -> SystemTime {
+    latest_of(state).map_or_else(SystemTime::now, |l| l.checked_at)
+}
+
+/// Runs every check of `spec` once, together, as probe `kind` takes them, with no liveness
+/// grace (a one-off check tells what it finds): the `check` command.
+pub(crate) async fn run_once(
+    kind: ProbeKind,
+    spec: &crate::config::ProbeSpec,
+    agent: &GuestAgent,
+    metrics: &Arc<Metrics>,
+) -> ProbeReport {
+    let begun = Instant::now();
+    let checked_at = SystemTime::now();
+    let checks: Vec<Arc<ProbeCheck>> = spec
+        .checks
+        .iter()
+        .map(|check| {
+            let runner = CheckRunner::new(check.clone(), agent.clone(), std::time::Duration::ZERO);
+            ProbeCheck::new(kind, runner, None, Arc::clone(metrics))
+        })
+        .collect();
+    ProbeReport {
+        probe: kind,
+        checks: run_together(&checks).await,
+        held: None,
+        duration: begun.elapsed(),
+        checked_at,
     }
 }
 
@@ -251,27 +473,35 @@ impl SwapOutcome {
 pub(crate) struct Kept {
     /// The agent connection (same address, same excerpt size).
     pub connection: bool,
-    /// Probes whose runner goes on as it was: its check in flight, its latest result.
-    pub runners: Vec<ProbeKind>,
-    /// Background probes whose loop goes on as it was.
-    pub loops: Vec<ProbeKind>,
-    /// Background probes whose new loop resumes the old one's state and schedule.
-    pub resumed: Vec<ProbeKind>,
+    /// Checks whose runner goes on as it was: its run in flight, its latest result.
+    pub runners: Vec<CheckName>,
+    /// Background checks (probe, check) whose loop goes on as it was.
+    pub loops: Vec<(ProbeKind, CheckName)>,
+    /// Background checks whose new loop resumes the old one's state and schedule.
+    pub resumed: Vec<(ProbeKind, CheckName)>,
 }
 
 /// For the logs: `the agent connection, readiness's runner, liveness's loop`, or `nothing`.
+/// A probe's own check reads as the probe; a named check of a probe as `readiness app`.
 impl std::fmt::Display for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if self.connection {
             parts.push("the agent connection".to_string());
         }
-        for (kinds, what) in [
-            (&self.runners, "runner"),
+        parts.extend(self.runners.iter().map(|name| format!("{name}'s runner")));
+        let of = |(kind, name): &(ProbeKind, CheckName)| {
+            if *name == CheckName::of_probe(*kind) {
+                kind.to_string()
+            } else {
+                format!("{kind} {name}")
+            }
+        };
+        for (keys, what) in [
             (&self.loops, "loop"),
             (&self.resumed, "loop state (resumed)"),
         ] {
-            parts.extend(kinds.iter().map(|kind| format!("{kind}'s {what}")));
+            parts.extend(keys.iter().map(|key| format!("{}'s {what}", of(key))));
         }
         if parts.is_empty() {
             f.write_str("nothing")
@@ -286,14 +516,18 @@ pub(crate) struct InForce {
     current: RwLock<Option<Arc<ProbeSet>>>,
     /// The reason `/ready` and `/live` give while there is no set.
     waiting: &'static str,
+    /// The operator's pause, which every set follows.
+    pause: PauseWatch,
 }
 
 impl InForce {
     /// No set in force yet; `waiting` is why, as `/ready` and `/live` say until one is.
-    pub(crate) fn new(waiting: &'static str) -> InForce {
+    /// The sets follow `pause`.
+    pub(crate) fn new(waiting: &'static str, pause: PauseWatch) -> InForce {
         InForce {
             current: RwLock::new(None),
             waiting,
+            pause,
         }
     }
 
@@ -320,7 +554,7 @@ impl InForce {
             Some(current) if current.settings == settings => return SwapOutcome::Unchanged,
             Some(current) => ProbeSet::follow(current, settings, metrics, spawn),
             None => (
-                ProbeSet::start_with(settings, metrics, spawn),
+                ProbeSet::start_with(settings, self.pause.clone(), metrics, spawn),
                 Kept::default(),
             ),
         };
@@ -360,13 +594,17 @@ mod tests {
 
     use super::*;
     use crate::agent::AgentAddress;
-    use crate::config::{Handler, ProbeSpec};
+    use crate::config::{CheckSpec, Handler, ProbeSpec};
     use crate::probe::scripted_agent::ScriptedAgent;
 
-    fn ping(timeout_seconds: u64) -> ProbeSpec {
+    /// A probe of `kind` in KubeVirt's shape: a guestAgentPing.
+    fn ping_of(kind: ProbeKind, timeout_seconds: u64) -> ProbeSpec {
         ProbeSpec {
-            handler: Handler::GuestAgentPing,
-            timeout: Duration::from_secs(timeout_seconds),
+            checks: vec![CheckSpec {
+                name: CheckName::of_probe(kind),
+                handler: Handler::GuestAgentPing,
+                timeout: Duration::from_secs(timeout_seconds),
+            }],
             initial_delay_seconds: 0,
             period_seconds: 10,
             success_threshold: 1,
@@ -384,8 +622,9 @@ mod tests {
             liveness_grace: Duration::ZERO,
             expose_output: false,
             output_excerpt_bytes: 1024,
-            readiness: Some(ping(5)),
-            liveness: Some(ping(5)),
+            readiness: Some(ping_of(ProbeKind::Readiness, 5)),
+            liveness: Some(ping_of(ProbeKind::Liveness, 5)),
+            startup: None,
         }
     }
 
@@ -406,7 +645,7 @@ mod tests {
     impl Fixture {
         fn new(agents: &[(&'static str, Arc<ScriptedAgent>)]) -> Fixture {
             Fixture {
-                in_force: InForce::new("nothing in force"),
+                in_force: InForce::new("nothing in force", crate::probe::never_paused()),
                 metrics: Arc::new(Metrics::new()),
                 agents: agents.to_vec(),
             }
@@ -435,19 +674,30 @@ mod tests {
             self.in_force.current().expect("a set in force")
         }
 
-        /// Runs the readiness check of the set in force, as a request would.
+        /// Runs the readiness check of the set in force now, whatever the mode.
         async fn readiness_passes(&self) -> bool {
             let set = self.current();
-            let runner = set.runner(ProbeKind::Readiness).expect("readiness");
-            runner.check().await.passed()
+            let check = set
+                .probe_check(ProbeKind::Readiness, &own(ProbeKind::Readiness))
+                .expect("readiness");
+            check.check().await.passed()
         }
+    }
+
+    /// The probe's own check of `kind`, and that key of a background loop.
+    fn own(kind: ProbeKind) -> CheckName {
+        CheckName::of_probe(kind)
+    }
+
+    fn key(kind: ProbeKind) -> (ProbeKind, CheckName) {
+        (kind, own(kind))
     }
 
     fn applied(connection: bool, runners: &[ProbeKind]) -> SwapOutcome {
         SwapOutcome::Applied {
             kept: Kept {
                 connection,
-                runners: runners.to_vec(),
+                runners: runners.iter().map(|kind| own(*kind)).collect(),
                 ..Kept::default()
             },
         }
@@ -458,7 +708,7 @@ mod tests {
         let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
         assert!(fixture.in_force.current().is_err());
         assert_eq!(fixture.put(settings("a")), applied(false, &[]));
-        assert!(fixture.current().runner(ProbeKind::Readiness).is_some());
+        assert!(fixture.current().runner("readiness").is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -475,19 +725,19 @@ mod tests {
         let agent = ScriptedAgent::new(&[]);
         let fixture = Fixture::new(&[("a", Arc::clone(&agent))]);
         fixture.put(settings("a"));
-        let readiness = Arc::clone(fixture.current().runner(ProbeKind::Readiness).unwrap());
+        let readiness = Arc::clone(fixture.current().runner("readiness").unwrap());
         let longer = CheckSettings {
-            liveness: Some(ping(7)),
+            liveness: Some(ping_of(ProbeKind::Liveness, 7)),
             ..settings("a")
         };
         assert_eq!(fixture.put(longer), applied(true, &[ProbeKind::Readiness]));
         let current = fixture.current();
         assert!(Arc::ptr_eq(
             &readiness,
-            current.runner(ProbeKind::Readiness).unwrap()
+            current.runner("readiness").unwrap()
         ));
         assert_eq!(
-            current.runner(ProbeKind::Liveness).unwrap().timeout(),
+            current.runner("liveness").unwrap().timeout(),
             Duration::from_secs(7)
         );
         assert!(fixture.readiness_passes().await);
@@ -501,16 +751,16 @@ mod tests {
         let settings = CheckSettings {
             liveness: Some(ProbeSpec {
                 failure_threshold: 5,
-                ..ping(5)
+                ..ping_of(ProbeKind::Liveness, 5)
             }),
             ..background("a")
         };
         let outcome = fixture.put(settings);
         let kept = Kept {
             connection: true,
-            runners: vec![ProbeKind::Readiness],
-            loops: vec![ProbeKind::Readiness],
-            resumed: vec![ProbeKind::Liveness],
+            runners: vec![own(ProbeKind::Readiness), own(ProbeKind::Liveness)],
+            loops: vec![key(ProbeKind::Readiness)],
+            resumed: vec![key(ProbeKind::Liveness)],
         };
         assert_eq!(outcome, SwapOutcome::Applied { kept });
     }
@@ -525,7 +775,7 @@ mod tests {
             ..background("a")
         };
         let kept = Kept {
-            resumed: vec![ProbeKind::Readiness, ProbeKind::Liveness],
+            resumed: vec![key(ProbeKind::Readiness), key(ProbeKind::Liveness)],
             ..Kept::default()
         };
         assert_eq!(fixture.put(settings), SwapOutcome::Applied { kept });
@@ -553,8 +803,8 @@ mod tests {
         // A request holds the set it started with, as the HTTP handler does.
         let set = fixture.current();
         let request = tokio::spawn(async move {
-            let runner = set.runner(ProbeKind::Readiness).expect("readiness");
-            runner.check().await
+            set.answer(ProbeKind::Readiness, &[own(ProbeKind::Readiness)])
+                .await
         });
         old.until_received(1).await;
 
@@ -587,7 +837,9 @@ mod tests {
             .await
             .expect("closed");
         assert!(fixture.in_force.current().is_err());
-        let after = held.runner(ProbeKind::Readiness).unwrap().check().await;
+        let after = held
+            .answer(ProbeKind::Readiness, &[own(ProbeKind::Readiness)])
+            .await;
         assert!(
             !after.passed(),
             "a closed agent answers no check: {after:?}"
@@ -598,13 +850,14 @@ mod tests {
     fn what_a_set_kept_reads_as_a_list_for_the_logs() {
         let kept = Kept {
             connection: true,
-            runners: vec![ProbeKind::Readiness],
-            loops: vec![],
-            resumed: vec![ProbeKind::Liveness],
+            runners: vec![own(ProbeKind::Readiness), CheckName::parse("app").unwrap()],
+            loops: vec![(ProbeKind::Readiness, CheckName::parse("app").unwrap())],
+            resumed: vec![key(ProbeKind::Liveness)],
         };
         assert_eq!(
             kept.to_string(),
-            "the agent connection, readiness's runner, liveness's loop state (resumed)"
+            "the agent connection, readiness's runner, app's runner, readiness app's loop, \
+             liveness's loop state (resumed)"
         );
         assert_eq!(Kept::default().to_string(), "nothing");
     }

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::agent::OutputExcerpt;
-use crate::config::ProbeKind;
+use crate::config::{CheckName, ProbeKind};
 
 /// How a check ended. `Failure`: the check ran and failed; `Timeout`: it did not finish
 /// in time; `Error`: the agent could not run it.
@@ -36,10 +36,10 @@ pub(crate) struct ExecDetails {
     pub stderr: OutputExcerpt,
 }
 
-/// The report of one check.
+/// The report of one check, as the probe it answered for took it.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ProbeReport {
-    pub probe: ProbeKind,
+pub(crate) struct CheckReport {
+    pub name: CheckName,
     /// `exec` or `guestAgentPing`.
     pub handler: &'static str,
     pub result: CheckResult,
@@ -53,9 +53,30 @@ pub(crate) struct ProbeReport {
     pub background: Option<BackgroundView>,
     /// On-demand mode with `minIntervalSeconds`: this result was reused, at this age.
     pub reused_age: Option<Duration>,
+    /// Startup only: the check could not reach an agent that is still coming up (the
+    /// liveness grace, or a domain not there yet), so the failure is not counted.
+    pub waiting: bool,
 }
 
-/// A background probe's state, as reports show it.
+impl CheckReport {
+    /// True when the check counts as passed: its result, or in background mode the
+    /// thresholds' state.
+    pub(crate) fn passed(&self) -> bool {
+        match &self.background {
+            Some(view) => view.passing,
+            None => self.result == CheckResult::Success,
+        }
+    }
+
+    /// The one-line reason of this check.
+    pub(crate) fn reason_line(&self) -> String {
+        self.reason
+            .clone()
+            .unwrap_or_else(|| self.result.as_str().to_string())
+    }
+}
+
+/// A background check's state, as reports show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BackgroundView {
     /// The verdict: the thresholds' state, and not stale.
@@ -68,21 +89,124 @@ pub(crate) struct BackgroundView {
     pub last_transition_at: Option<SystemTime>,
 }
 
-impl ProbeReport {
-    /// True when kubelet should count the probe as passed: the check's result, or in
-    /// background mode the thresholds' state.
-    pub(crate) fn passed(&self) -> bool {
-        match &self.background {
-            Some(view) => view.passing,
-            None => self.result == CheckResult::Success,
+/// Why a probe answered from its state instead of its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// The startup probe has not passed yet: liveness passes, readiness fails.
+    Starting,
+    /// The startup probe failed `failureThreshold` times: both fail.
+    DidNotStart,
+    /// An operator paused the probes for maintenance: liveness passes, readiness fails.
+    Paused,
+}
+
+impl Standing {
+    /// The name in JSON reports (`state`) and verbose text.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Standing::Starting => "starting",
+            Standing::DidNotStart => "didNotStart",
+            Standing::Paused => "paused",
         }
+    }
+}
+
+/// A probe's answer from its state: the state, the verdict, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub standing: Standing,
+    pub passed: bool,
+    pub reason: String,
+}
+
+/// The report of one probe: the checks it ran (every check, or those a request selected),
+/// all of which must pass, or the state that answered instead of them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProbeReport {
+    pub probe: ProbeKind,
+    /// In the probe's order. Empty when `held` answered, or when a request excluded every
+    /// check.
+    pub checks: Vec<CheckReport>,
+    /// Set when the probe's state answered instead of its checks (starting, paused); for
+    /// `/started`, the startup state beside the latest checks.
+    pub held: Option<Held>,
+    /// How long the answer took (the checks ran together).
+    pub duration: Duration,
+    pub checked_at: SystemTime,
+}
+
+impl ProbeReport {
+    /// True when kubelet should count the probe as passed.
+    pub(crate) fn passed(&self) -> bool {
+        match &self.held {
+            Some(held) => held.passed,
+            None => self.checks.iter().all(CheckReport::passed),
+        }
+    }
+
+    /// The outcome in one word: the held state's, or the first failing check's.
+    pub(crate) fn result(&self) -> CheckResult {
+        if let Some(held) = &self.held {
+            return if held.passed {
+                CheckResult::Success
+            } else {
+                CheckResult::Failure
+            };
+        }
+        self.checks
+            .iter()
+            .find(|check| !check.passed())
+            .map_or(CheckResult::Success, |check| match check.result {
+                // Failing by its thresholds after a passing latest result.
+                CheckResult::Success => CheckResult::Failure,
+                result => result,
+            })
+    }
+
+    /// Why the probe failed, or a note when it passed: the held reason, or the failing
+    /// checks' reasons (the passing checks' notes when none fail). A named check's reason
+    /// starts with its name; the one check of a probe in KubeVirt's shape needs none.
+    pub(crate) fn reason(&self) -> Option<String> {
+        if let Some(held) = &self.held {
+            return Some(held.reason.clone());
+        }
+        let named = |check: &CheckReport, reason: String| {
+            if check.name == CheckName::of_probe(self.probe) {
+                reason
+            } else {
+                format!("{}: {reason}", check.name)
+            }
+        };
+        let failing: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|check| !check.passed())
+            .map(|check| named(check, check.reason_line()))
+            .collect();
+        if !failing.is_empty() {
+            return Some(failing.join("; "));
+        }
+        let notes: Vec<String> = self
+            .checks
+            .iter()
+            .filter_map(|check| Some(named(check, check.reason.clone()?)))
+            .collect();
+        (!notes.is_empty()).then(|| notes.join("; "))
     }
 
     /// The one-line reason shown in a 503 body.
     pub(crate) fn reason_line(&self) -> String {
-        self.reason
-            .clone()
-            .unwrap_or_else(|| self.result.as_str().to_string())
+        self.reason()
+            .unwrap_or_else(|| self.result().as_str().to_string())
+    }
+
+    /// The check the answer rests on, when there is exactly one: the report then also
+    /// carries its details at the top level, as for a probe in KubeVirt's shape.
+    pub(crate) fn only_check(&self) -> Option<&CheckReport> {
+        match (&self.held, self.checks.as_slice()) {
+            (None, [check]) => Some(check),
+            _ => None,
+        }
     }
 }
 

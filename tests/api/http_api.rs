@@ -16,7 +16,8 @@ async fn verbose_gives_the_text_report() {
     let reply = gateway.get("/live?verbose").await;
     assert_eq!(reply.status, 200);
     let lines: Vec<_> = reply.body.lines().collect();
-    assert_eq!(lines[0], "[+]liveness guestAgentPing ok");
+    assert_eq!(lines[0], "[+]liveness ok");
+    assert_eq!(lines[1], "    handler: guestAgentPing");
     assert_eq!(lines.last(), Some(&"liveness check passed"));
     assert!(lines.iter().any(|l| l.starts_with("    durationSeconds: ")));
 }
@@ -81,9 +82,9 @@ async fn metrics_count_checks_agent_commands_and_requests() {
     let text = reply.body;
     eprintln!("{text}");
     for line in [
-        "probe_gateway_checks_total{probe=\"liveness\",handler=\"guestAgentPing\",result=\"success\"} 2",
-        "probe_gateway_checks_total{probe=\"readiness\",handler=\"exec\",result=\"failure\"} 2",
-        "probe_gateway_check_duration_seconds_count{probe=\"readiness\",handler=\"exec\"} 2",
+        "probe_gateway_checks_total{probe=\"liveness\",check=\"liveness\",handler=\"guestAgentPing\",result=\"success\"} 2",
+        "probe_gateway_checks_total{probe=\"readiness\",check=\"readiness\",handler=\"exec\",result=\"failure\"} 2",
+        "probe_gateway_check_duration_seconds_count{probe=\"readiness\",check=\"readiness\",handler=\"exec\"} 2",
         "probe_gateway_agent_up 1",
         "probe_gateway_agent_commands_total{command=\"guest-ping\",outcome=\"ok\"} 2",
         "probe_gateway_agent_commands_total{command=\"guest-exec\",outcome=\"ok\"} 2",

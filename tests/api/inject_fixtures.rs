@@ -156,3 +156,40 @@ async fn kubevirt_rendered_vmis_and_pods_get_the_decisions_and_valid_patches_the
         );
     }
 }
+
+/// A VM whose template carries the gateway's annotation (three named checks, a startup
+/// probe): KubeVirt copies it to the launcher pod, whose patch then also gives compute a
+/// startup probe on `/started` and readiness the annotation's schedule; the result is as
+/// valid as the seed's, and the guaranteed pod stays guaranteed.
+#[tokio::test]
+async fn a_pod_whose_vm_has_named_checks_and_a_startup_probe_is_patched_validly() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = write_secret_volume(certs.path(), &ca.serving());
+    let injector = Injector::start(&ca, &cert, &key, &["--image", IMAGE]);
+    let work = tempfile::tempdir().unwrap();
+    let annotation = "checks:\n  agent: {guestAgentPing: {}}\n  app: {exec: {command: [systemctl, is-active, app]}, timeoutSeconds: 3}\n  disk: {exec: {command: [test, -w, /var/lib/app]}}\nreadinessProbe:\n  checks: [agent, app, disk]\n  periodSeconds: 5\nlivenessProbe:\n  checks: [agent]\nstartupProbe:\n  checks: [app]\n  failureThreshold: 30\n";
+    for case in ["seed", "dedicated-cpu"] {
+        let mut pod = fixture(&format!("pod-{case}.json"));
+        pod["metadata"]["annotations"]["probe-gateway.kubevirt.io/probes"] =
+            Value::String(annotation.into());
+        let (response, _) = injector.review("", "Pod", "CREATE", &pod).await;
+        let verdict = check(work.path(), &format!("{case}-named"), &pod, &response);
+        for (version, result) in verdict["schema"].as_object().unwrap() {
+            assert_eq!(result, "ok", "{case}: Kubernetes {version}'s schema");
+        }
+        for (rule, result) in verdict["rules"].as_object().unwrap() {
+            assert_eq!(result, &Value::Bool(true), "{case}: {rule}");
+        }
+        let compute = &verdict["patched"]["spec"]["containers"][0];
+        assert_eq!(
+            compute["startupProbe"]["httpGet"]["path"], "/started",
+            "{case}"
+        );
+        assert_eq!(compute["readinessProbe"]["periodSeconds"], 5, "{case}");
+        assert_eq!(
+            compute["livenessProbe"]["httpGet"]["path"], "/live",
+            "{case}"
+        );
+    }
+}

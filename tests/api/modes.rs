@@ -85,7 +85,7 @@ async fn background_mode_answers_from_the_state_without_running_checks_per_reque
         "mode: background\nlivenessProbe:\n  guestAgentPing: {}\n  periodSeconds: 5\n",
         agent.socket(),
     );
-    let series = "probe_gateway_checks_total{probe=\"liveness\",handler=\"guestAgentPing\",result=\"success\"}";
+    let series = "probe_gateway_checks_total{probe=\"liveness\",check=\"liveness\",handler=\"guestAgentPing\",result=\"success\"}";
     eventually("the first check", Duration::from_secs(5), || async {
         gateway.metric(series).await >= 1.0
     })

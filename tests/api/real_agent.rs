@@ -385,7 +385,8 @@ async fn the_log_has_one_info_event_per_state_change_with_the_reason_and_output(
         .filter(|e| e["probe"] == "readiness" && e["level"] == "INFO")
         .collect();
     assert_eq!(events.len(), 2, "{events:#?}");
-    assert_eq!(events[0]["message"], "probe failed");
+    assert_eq!(events[0]["message"], "check failed");
+    assert_eq!(events[0]["check"], "readiness");
     assert_eq!(events[0]["reason"], "exec: exit code 1");
     assert_eq!(events[0]["exit_code"], 1);
     assert!(
@@ -394,5 +395,5 @@ async fn the_log_has_one_info_event_per_state_change_with_the_reason_and_output(
             .unwrap()
             .contains("No such file or directory")
     );
-    assert_eq!(events[1]["message"], "probe passed");
+    assert_eq!(events[1]["message"], "check passed");
 }

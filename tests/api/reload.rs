@@ -1,7 +1,6 @@
 //! Config reload: a ConfigMap-style update (atomic symlink swap of the directory's
 //! `..data`), SIGHUP, invalid configs rejected with the old one kept, no request dropped.
 
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,39 +9,22 @@ use nix::sys::signal::Signal;
 use crate::support::eventually;
 use crate::support::gateway::{Gateway, run_cli};
 use crate::support::qga::QemuGa;
+use crate::support::volume::AtomicVolume;
 
-/// A directory laid out as kubelet lays out a ConfigMap volume: `gateway.yaml` ->
-/// `..data/gateway.yaml`, `..data` -> a timestamped directory, swapped atomically.
-struct ConfigMapVolume {
-    dir: tempfile::TempDir,
-    version: u32,
-}
+/// A ConfigMap volume holding `gateway.yaml`.
+struct ConfigMapVolume(AtomicVolume);
 
 impl ConfigMapVolume {
     fn new(config: &str) -> ConfigMapVolume {
-        let mut volume = ConfigMapVolume {
-            dir: tempfile::tempdir().expect("temp dir"),
-            version: 0,
-        };
-        volume.update(config);
-        symlink("..data/gateway.yaml", volume.path()).expect("gateway.yaml link");
-        volume
+        ConfigMapVolume(AtomicVolume::new("gateway.yaml", config))
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.path().join("gateway.yaml")
+        self.0.path()
     }
 
-    /// Writes a new version and swaps `..data` to it with one rename.
     fn update(&mut self, config: &str) {
-        self.version += 1;
-        let name = format!("..2026_11_25_{}", self.version);
-        let data = self.dir.path().join(&name);
-        std::fs::create_dir(&data).expect("data dir");
-        std::fs::write(data.join("gateway.yaml"), config).expect("write config");
-        let staged = self.dir.path().join("..data_tmp");
-        symlink(&name, &staged).expect("staged link");
-        std::fs::rename(&staged, self.dir.path().join("..data")).expect("swap ..data");
+        self.0.update(config);
     }
 }
 
@@ -119,7 +101,8 @@ async fn an_invalid_config_is_rejected_with_validates_errors_and_the_old_one_sta
     );
 
     // The log carries what validate prints for the same file.
-    let file = volume.dir.path().join("bad.yaml");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = scratch.path().join("bad.yaml");
     std::fs::write(&file, bad).expect("write");
     let (_, _, stderr) = run_cli(&["validate", "--config", &file.display().to_string()], &[]);
     let problems: Vec<String> = stderr

@@ -5,17 +5,17 @@
 //! a probe command that hangs keeps running after its check has given up, and starting a
 //! new one on every probe would pile processes up. Hence the rules kept here, for any
 //! backend below ([`AgentBackend`]):
-//! - One guest process per probe at a time: while one runs (or may run: its `guest-exec`
-//!   reply is still due), that probe's next exec is refused with
+//! - One guest process per check at a time: while one runs (or may run: its `guest-exec`
+//!   reply is still due), that check's next exec is refused with
 //!   [`AgentError::PreviousStillRunning`].
 //! - Each process has a keeper task: it sends `guest-exec`, polls `guest-exec-status`
 //!   ([`Backoff`]: every millisecond at first, since a probe command usually exits within a
 //!   few, then doubling to 100 ms) and hands the check its result by the check's deadline.
 //!   A process still running then stays with its keeper, polled less often (100 ms doubling
-//!   to 1 s) until it exits; only then may its probe start another.
+//!   to 1 s) until it exits; only then may its check start another.
 //! - A `guest-exec` whose reply missed the deadline may have started a process. Where the
 //!   backend delivers late replies ([`LateReplies::Delivered`]), the keeper waits for it and
-//!   adopts the pid; a reply that never comes frees the probe once the backend says so.
+//!   adopts the pid; a reply that never comes frees the check once the backend says so.
 //! - Only exit is judged elsewhere: a status with a signal, or without an exit code, is
 //!   handed on as it is ([`ExecStatus`]); the probe's rules live in `crate::probe`.
 
@@ -30,7 +30,7 @@ use super::backend::{AgentBackend, Call, LateReplies, LateReply};
 use super::backoff::Backoff;
 use super::error::AgentError;
 use super::protocol::{self, Command, ExecStatus};
-use crate::config::{ExecCommand, ProbeKind};
+use crate::config::{CheckName, ExecCommand};
 use crate::metrics::Metrics;
 
 /// Status polls while the check waits: every [`POLL_FIRST`] for the first [`FAST_POLLS`]
@@ -55,12 +55,12 @@ pub(super) struct GuestProcesses {
     /// The output kept of each stream (`outputExcerptBytes`).
     excerpt_bytes: usize,
     metrics: Arc<Metrics>,
-    table: Mutex<BTreeMap<ProbeKind, Entry>>,
+    table: Mutex<BTreeMap<CheckName, Entry>>,
     /// Set when the connection closes: keepers stop polling.
     closed: watch::Sender<bool>,
 }
 
-/// A probe's guest process, from its start until it is reaped.
+/// A check's guest process, from its start until it is reaped.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Unknown until the `guest-exec` reply comes.
@@ -84,11 +84,11 @@ impl GuestProcesses {
         })
     }
 
-    /// Runs `command` in the guest for `owner`'s probe and returns its exit status, or why
+    /// Runs `command` in the guest for the check `owner` and returns its exit status, or why
     /// there is none by `deadline`. Refused while an earlier process of `owner` runs.
     pub(super) async fn run(
         self: &Arc<Self>,
-        owner: ProbeKind,
+        owner: CheckName,
         command: &ExecCommand,
         deadline: Instant,
     ) -> Result<ExecStatus, AgentError> {
@@ -98,7 +98,7 @@ impl GuestProcesses {
                 return Err(AgentError::PreviousStillRunning { pid: entry.pid });
             }
             table.insert(
-                owner,
+                owner.clone(),
                 Entry {
                     pid: None,
                     abandoned: false,
@@ -132,20 +132,20 @@ impl GuestProcesses {
         self.closed.send_replace(true);
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<ProbeKind, Entry>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<CheckName, Entry>> {
         // A panic while holding the lock cannot leave an entry half-written.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn update(&self, owner: ProbeKind, change: impl FnOnce(&mut Entry)) {
+    fn update(&self, owner: &CheckName, change: impl FnOnce(&mut Entry)) {
         let mut table = self.table();
-        if let Some(entry) = table.get_mut(&owner) {
+        if let Some(entry) = table.get_mut(owner) {
             change(entry);
         }
         self.publish(&table);
     }
 
-    fn publish(&self, table: &BTreeMap<ProbeKind, Entry>) {
+    fn publish(&self, table: &BTreeMap<CheckName, Entry>) {
         let running = table.values().filter(|entry| entry.abandoned).count();
         self.metrics
             .guest_processes_running
@@ -153,11 +153,11 @@ impl GuestProcesses {
     }
 }
 
-/// The task that owns one guest process. Its probe's entry goes when it ends, however it
-/// ends (a panic included), so a probe can never be blocked by a keeper that is gone.
+/// The task that owns one guest process. Its check's entry goes when it ends, however it
+/// ends (a panic included), so a check can never be blocked by a keeper that is gone.
 struct Keeper {
     processes: Arc<GuestProcesses>,
-    owner: ProbeKind,
+    owner: CheckName,
 }
 
 impl Drop for Keeper {
@@ -183,7 +183,7 @@ impl Keeper {
             return;
         };
         self.processes
-            .update(self.owner, |entry| entry.pid = Some(pid));
+            .update(&self.owner, |entry| entry.pid = Some(pid));
         self.poll_until_exit(pid, deadline, check).await;
     }
 
@@ -226,8 +226,8 @@ impl Keeper {
             return None;
         }
         self.processes
-            .update(self.owner, |entry| entry.abandoned = true);
-        let probe = self.owner;
+            .update(&self.owner, |entry| entry.abandoned = true);
+        let check = &self.owner;
         let late = match (early, late_reply) {
             (Some(Ok(late)), _) => late,
             (Some(Err(oneshot::error::TryRecvError::Empty)), Some(reply)) => tokio::select! {
@@ -239,21 +239,21 @@ impl Keeper {
         match late {
             LateReply::Answered(Ok(value)) => match protocol::parse_exec_started(&value) {
                 Ok(pid) => {
-                    tracing::info!(%probe, pid, "late guest-exec reply: tracking its process");
+                    tracing::info!(%check, pid, "late guest-exec reply: tracking its process");
                     Some(pid)
                 }
                 Err(problem) => {
-                    tracing::debug!(%probe, problem, "late guest-exec reply started nothing");
+                    tracing::debug!(%check, problem, "late guest-exec reply started nothing");
                     None
                 }
             },
             LateReply::Answered(Err(error)) => {
-                tracing::debug!(%probe, %error, "late guest-exec reply started nothing");
+                tracing::debug!(%check, %error, "late guest-exec reply started nothing");
                 None
             }
             LateReply::NotSent => None,
             LateReply::Unanswered => {
-                tracing::warn!(%probe, "a timed-out guest-exec never answered; if it started a process, the gateway cannot track it, and starts no other for this probe until the agent answers again");
+                tracing::warn!(%check, "a timed-out guest-exec never answered; if it started a process, the gateway cannot track it, and starts no other for this check until the agent answers again");
                 self.until_the_agent_answers().await;
                 None
             }
@@ -288,7 +288,7 @@ impl Keeper {
     /// Polls `pid` until it exits, the agent forgets it or the connection closes; the check
     /// gets the outcome by `deadline`, and an orphan is polled on.
     async fn poll_until_exit(&self, pid: i64, deadline: Instant, mut check: Check) {
-        let probe = self.owner;
+        let owner = &self.owner;
         let mut polls = Backoff::after_steady(POLL_FIRST, FAST_POLLS, POLL_MAX);
         if check.is_none() {
             polls = Backoff::doubling(ORPHAN_POLL_FIRST, ORPHAN_POLL_MAX);
@@ -323,7 +323,7 @@ impl Keeper {
                             let _ = waiting.send(Ok(status));
                         }
                         None => {
-                            tracing::info!(%probe, pid, exit_code = status.exit_code, signal = status.signal, "abandoned guest process exited");
+                            tracing::info!(check = %owner, pid, exit_code = status.exit_code, signal = status.signal, "abandoned guest process exited");
                         }
                     }
                     return;
@@ -340,7 +340,9 @@ impl Keeper {
                         Some(waiting) => {
                             let _ = waiting.send(Err(error));
                         }
-                        None => tracing::info!(%probe, pid, "abandoned guest process is gone"),
+                        None => {
+                            tracing::info!(check = %owner, pid, "abandoned guest process is gone")
+                        }
                     }
                     return;
                 }
@@ -368,10 +370,10 @@ impl Keeper {
 
     /// The check has given up on the running process: it is an orphan from now on.
     fn abandon(&self, pid: i64, polls: &mut Backoff) {
-        tracing::info!(probe = %self.owner, pid, "guest process outlived its check; polling it until it exits");
+        tracing::info!(check = %self.owner, pid, "guest process outlived its check; polling it until it exits");
         *polls = Backoff::doubling(ORPHAN_POLL_FIRST, ORPHAN_POLL_MAX);
         self.processes
-            .update(self.owner, |entry| entry.abandoned = true);
+            .update(&self.owner, |entry| entry.abandoned = true);
     }
 
     /// Resolves once the connection is closing.

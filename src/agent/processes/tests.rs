@@ -11,6 +11,9 @@ use crate::agent::backend::{CallFuture, CallResult, CloseFuture, LinkState, Link
 
 const SECOND: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
+/// Two checks: each has its own guest process slot.
+const APP: &str = "app";
+const DISK: &str = "disk";
 
 /// A backend whose replies the test writes; a call unanswered by its deadline times out.
 struct Scripted {
@@ -92,7 +95,7 @@ impl Harness {
     /// Runs `sleep 100` for `owner` with a deadline `within` from now, in a task.
     fn run(
         &self,
-        owner: ProbeKind,
+        owner: &str,
         within: Duration,
     ) -> tokio::task::JoinHandle<Result<ExecStatus, AgentError>> {
         let processes = Arc::clone(&self.processes);
@@ -101,6 +104,7 @@ impl Harness {
             args: vec!["100".into()],
         };
         let deadline = Instant::now() + within;
+        let owner = CheckName::parse(owner).expect("a check name");
         tokio::spawn(async move { processes.run(owner, &command, deadline).await })
     }
 
@@ -126,12 +130,12 @@ impl Harness {
         sent
     }
 
-    /// The agent is away for one ping, during which the readiness probe may not start a
+    /// The agent is away for one ping, during which the check may not start a
     /// process, and answers the next.
     async fn agent_answers_a_ping_at_the_second_try(&mut self) {
         let ping = self.next().await;
         assert_eq!(ping.call.command, Command::Ping);
-        let held = self.run(ProbeKind::Readiness, SECOND).await.unwrap();
+        let held = self.run(APP, SECOND).await.unwrap();
         assert_eq!(held, Err(AgentError::PreviousStillRunning { pid: None }));
         ping.fail(AgentError::Timeout { agent_silent: true });
         let ping = self.next().await;
@@ -142,8 +146,8 @@ impl Harness {
         }
     }
 
-    /// `owner`'s probe starts a process again (pid `pid`), which exits at once.
-    async fn starts_again(&mut self, owner: ProbeKind, pid: i64) {
+    /// The check `owner` starts a process again (pid `pid`), which exits at once.
+    async fn starts_again(&mut self, owner: &str, pid: i64) {
         let next = self.run(owner, SECOND);
         self.next_exec().await.answer(json!({"pid": pid}));
         self.next_poll(pid)
@@ -175,7 +179,7 @@ impl Harness {
 async fn orphan_of_readiness() -> (Harness, Instant) {
     let mut h = harness(LateReplies::Delivered);
     let started = Instant::now();
-    let run = h.run(ProbeKind::Readiness, SECOND);
+    let run = h.run(APP, SECOND);
     h.next_exec().await.answer(json!({"pid": 7}));
     let (result, first_orphan_poll) = tokio::join!(run, h.keep_running(7, started + SECOND));
     let timed_out = AgentError::Timeout {
@@ -194,7 +198,7 @@ async fn unanswered_exec(
     Sent,
 ) {
     let mut h = harness(late);
-    let run = h.run(ProbeKind::Readiness, SECOND);
+    let run = h.run(APP, SECOND);
     let exec = h.next_exec().await;
     (h, run, exec)
 }
@@ -206,7 +210,7 @@ fn running() -> Value {
 #[tokio::test(start_paused = true)]
 async fn an_exec_that_exits_in_time_reports_its_status_and_output() {
     let mut h = harness(LateReplies::Delivered);
-    let run = h.run(ProbeKind::Readiness, 5 * SECOND);
+    let run = h.run(APP, 5 * SECOND);
     h.next_exec().await.answer(json!({"pid": 7}));
     let first = h.next_poll(7).await;
     let asked = first.at;
@@ -223,7 +227,7 @@ async fn an_exec_that_exits_in_time_reports_its_status_and_output() {
 #[tokio::test(start_paused = true)]
 async fn polls_come_every_millisecond_five_times_then_back_off_to_100_ms() {
     let mut h = harness(LateReplies::Delivered);
-    let _run = h.run(ProbeKind::Readiness, 5 * SECOND);
+    let _run = h.run(APP, 5 * SECOND);
     h.next_exec().await.answer(json!({"pid": 7}));
     let mut at = Vec::new();
     for _ in 0..12 {
@@ -240,12 +244,12 @@ async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_i
     let (mut h, first_orphan_poll) = orphan_of_readiness().await;
     assert_eq!(h.orphans(), 1);
     // The same probe may not start another; the other probe may.
-    let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
+    let again = h.run(APP, SECOND).await.unwrap();
     assert_eq!(
         again,
         Err(AgentError::PreviousStillRunning { pid: Some(7) })
     );
-    let _other = h.run(ProbeKind::Liveness, SECOND);
+    let _other = h.run(DISK, SECOND);
     h.next_exec().await.answer(json!({"pid": 8}));
     // Orphan polls back off from 100 ms to one second.
     let mut at = vec![first_orphan_poll];
@@ -266,7 +270,7 @@ async fn a_process_running_at_the_deadline_is_polled_until_it_exits_and_blocks_i
     let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps, [200, 400, 800, 1000, 1000, 1000].map(|n| n * MS));
     // Reaped: the probe may start again.
-    h.starts_again(ProbeKind::Readiness, 9).await;
+    h.starts_again(APP, 9).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,13 +283,13 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
             agent_silent: false
         })
     );
-    let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
+    let again = h.run(APP, SECOND).await.unwrap();
     assert_eq!(again, Err(AgentError::PreviousStillRunning { pid: None }));
     assert_eq!(h.orphans(), 1);
     let late = exec.call.late.expect("a late sink for guest-exec");
     let _ = late.send(LateReply::Answered(Ok(json!({"pid": 42}))));
     h.next_poll(42).await.answer(running());
-    let again = h.run(ProbeKind::Readiness, SECOND).await.unwrap();
+    let again = h.run(APP, SECOND).await.unwrap();
     assert_eq!(
         again,
         Err(AgentError::PreviousStillRunning { pid: Some(42) })
@@ -293,7 +297,7 @@ async fn a_guest_exec_reply_lost_to_the_deadline_is_adopted_when_it_comes_late()
     h.next_poll(42)
         .await
         .answer(json!({"exited": true, "signal": 9}));
-    h.starts_again(ProbeKind::Readiness, 43).await;
+    h.starts_again(APP, 43).await;
 }
 
 /// A `guest-exec` lost for good may still start its process when the agent comes back; one
@@ -305,7 +309,7 @@ async fn a_guest_exec_that_never_answers_holds_its_probe_until_the_agent_answers
     assert!(run.await.unwrap().is_err());
     let _ = exec.call.late.unwrap().send(LateReply::Unanswered);
     h.agent_answers_a_ping_at_the_second_try().await;
-    h.starts_again(ProbeKind::Readiness, 5).await;
+    h.starts_again(APP, 5).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,7 +324,7 @@ async fn a_guest_exec_that_was_never_sent_frees_its_probe_at_once() {
         run.await.unwrap(),
         Err(AgentError::Unavailable("cannot connect".into()))
     );
-    let next = h.run(ProbeKind::Readiness, SECOND);
+    let next = h.run(APP, SECOND);
     h.next_exec()
         .await
         .fail(AgentError::Unavailable("cannot connect".into()));
@@ -340,7 +344,7 @@ async fn a_pid_the_agent_no_longer_knows_ends_the_tracking() {
         class: "GenericError".into(),
         desc: "Invalid parameter 'pid'".into(),
     });
-    h.starts_again(ProbeKind::Readiness, 8).await;
+    h.starts_again(APP, 8).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -352,7 +356,7 @@ async fn where_late_replies_are_dropped_a_lost_guest_exec_cannot_be_tracked() {
     );
     assert!(run.await.unwrap().is_err());
     h.agent_answers_a_ping_at_the_second_try().await;
-    h.starts_again(ProbeKind::Readiness, 5).await;
+    h.starts_again(APP, 5).await;
 }
 
 #[tokio::test(start_paused = true)]

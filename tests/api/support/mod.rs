@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod hook;
 pub mod hybrid_vsock;
 pub mod qga;
+pub mod volume;
 pub mod webhook;
 
 use std::time::Duration;
