@@ -5,7 +5,8 @@
 use utoipa::OpenApi;
 
 use super::error::ErrorBody;
-use super::render::{JsonCheck, JsonReport};
+use super::render::{JsonCheck, JsonCheckDetails, JsonReport};
+use super::routes::CheckNameParam;
 use crate::probe::CheckResult;
 
 #[derive(OpenApi)]
@@ -25,7 +26,7 @@ use crate::probe::CheckResult;
         super::routes::metrics,
         super::routes::openapi_json,
     ),
-    components(schemas(JsonReport, JsonCheck, CheckResult, ErrorBody)),
+    components(schemas(JsonReport, JsonCheck, JsonCheckDetails, CheckResult, ErrorBody, CheckNameParam)),
     tags(
         (name = "probes", description = "What kubelet calls"),
         (name = "operations", description = "What operators and tools call"),

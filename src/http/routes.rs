@@ -32,7 +32,7 @@ macro_rules! probe_route {
             description = $description,
             params(
                 ("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off."),
-                ("exclude" = Option<Vec<String>>, Query, explode = true, description = "Leave this check out (repeatable: `?exclude=a&exclude=b`). A name the probe does not have is a 400 naming it."),
+                ("exclude" = Option<Vec<CheckNameParam>>, Query, explode = true, description = "Leave this check out (repeatable: `?exclude=a&exclude=b`). A name the probe does not have is a 400 naming it."),
             ),
             responses(
                 (status = 200, description = "Every check asked about passed (or the probe's state passes it: liveness while starting or paused).", content(
@@ -62,9 +62,30 @@ macro_rules! probe_route {
     };
 }
 
+/// A check's name in a query parameter, for the OpenAPI document only: a DNS label.
+pub(crate) struct CheckNameParam;
+
+/// Written out: utoipa's derive has no `pattern` for a newtype.
+impl utoipa::PartialSchema for CheckNameParam {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(CHECK_NAME_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(63))
+            .examples(["app"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CheckNameParam {}
+
+/// [`crate::config::CheckName`]'s rule as a regular expression.
+const CHECK_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// A one-check route: `/ready/{check}` and `/live/{check}`.
 macro_rules! check_route {
-    ($name:ident, $path:literal, $kind:expr, $summary:literal, $description:literal) => {
+    ($name:ident, $path:literal, $kind:expr, $example:literal, $summary:literal, $description:literal) => {
         #[utoipa::path(
             get,
             path = $path,
@@ -72,7 +93,7 @@ macro_rules! check_route {
             summary = $summary,
             description = $description,
             params(
-                ("check" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description = "The name of one of the probe's checks (for a probe written in KubeVirt's shape, the probe's own name: `readiness` or `liveness`)."),
+                ("check" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", example = $example, description = "The name of one of the probe's checks (for a probe written in KubeVirt's shape, the probe's own name: `readiness` or `liveness`)."),
                 ("verbose" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "A human-readable text report: `?verbose` (no value), `true` or `1`; `false` or `0` turns it off."),
             ),
             responses(
@@ -124,6 +145,7 @@ check_route!(
     ready_check,
     "/ready/{check}",
     ProbeKind::Readiness,
+    "readiness",
     "Run one readiness check",
     "Runs one of the readiness probe's checks, as `/ready` would. Only configured commands run in the guest: the name only selects among them. HEAD is served too."
 );
@@ -132,6 +154,7 @@ check_route!(
     live_check,
     "/live/{check}",
     ProbeKind::Liveness,
+    "liveness",
     "Run one liveness check",
     "Runs one of the liveness probe's checks, as `/live` would. Only configured commands run in the guest: the name only selects among them. HEAD is served too."
 );

@@ -226,12 +226,13 @@ pub(crate) fn starting_reason(state: &StartupState) -> String {
             next_due,
             failure_threshold,
         } => match latest {
-            None => format!(
-                "starting: the startup probe's first check is due in {:.1}s",
-                next_due
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-            ),
+            None => match next_due.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => format!(
+                    "starting: the startup probe's first check is due in {:.1}s",
+                    wait.as_secs_f64()
+                ),
+                _ => "starting: the startup probe's first check is under way".to_string(),
+            },
             Some(latest) => format!(
                 "starting: {} (failure {failures} of failureThreshold {failure_threshold})",
                 latest.reason_line()

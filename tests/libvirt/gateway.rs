@@ -200,15 +200,25 @@ impl LibvirtGateway {
 
     /// Polls `path` until it answers `status`, within `limit`; the report.
     pub async fn await_status(&self, path: &str, status: u16, limit: Duration) -> Value {
+        self.await_report(path, limit, |got, _| got == status).await
+    }
+
+    /// Polls `path` until its status and report satisfy `done`, within `limit`; the report.
+    pub async fn await_report(
+        &self,
+        path: &str,
+        limit: Duration,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let (got, report, _) = self.report(path).await;
-            if got == status {
+            if done(got, &report) {
                 return report;
             }
             assert!(
                 Instant::now() < deadline,
-                "{path} still {got} after {limit:?}: {report}; log: {:#?}",
+                "{path} not as awaited after {limit:?}: {got} {report}; log: {:#?}",
                 self.logs.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -31,6 +31,11 @@ mod hook_support;
 #[allow(dead_code)]
 mod webhook;
 
+// Kubelet's atomic writer for volumes: the API tests' own.
+#[path = "../api/support/volume.rs"]
+mod volume;
+
+mod checks;
 mod gateway;
 mod harness;
 mod hook;
