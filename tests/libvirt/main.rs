@@ -33,6 +33,7 @@ mod webhook;
 
 // Kubelet's atomic writer for volumes: the API tests' own.
 #[path = "../api/support/volume.rs"]
+#[allow(dead_code)]
 mod volume;
 
 mod checks;
