@@ -44,6 +44,10 @@ impl QemuGa {
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("qga.sock")
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for QemuGa {

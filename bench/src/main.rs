@@ -9,6 +9,7 @@
 //! agent share.
 
 mod agent;
+mod checks;
 mod gateway;
 mod http;
 mod inject;
@@ -142,6 +143,9 @@ fn main() {
     let repo = std::env::current_dir().expect("the repository (scripts/bench.sh runs there)");
     let reviews = inject::run(&binary, &repo, plan.reviews);
     inject::tables(&mut report, &reviews);
+    eprintln!("bench: named checks");
+    let rows = checks::run(&binary, plan.new_connection, plan.execs, plan.cpu_rounds);
+    checks::tables(&mut report, &rows);
     if let Some(session) = &session {
         eprintln!("bench: the libvirt path");
         let results = libvirt::run(

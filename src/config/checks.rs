@@ -210,6 +210,37 @@ startupProbe:
     }
 
     #[test]
+    fn the_shipped_named_checks_example_is_the_readmes_and_parses() {
+        let example = include_str!("../../examples/named-checks.yaml");
+        let file = parse_document(example).unwrap();
+        let names = |spec: Option<crate::config::ProbeSpec>| -> Vec<String> {
+            spec.unwrap()
+                .checks
+                .iter()
+                .map(|c| c.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(file.readiness), ["agent", "app", "disk"]);
+        assert_eq!(names(file.liveness), ["agent"]);
+        assert_eq!(names(file.startup), ["app"]);
+        let readme = include_str!("../../README.md");
+        let body: String = example
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let without_comments: String = readme
+            .lines()
+            .map(|line| line.split("  #").next().unwrap_or(line).trim_end())
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(
+            without_comments.contains(&body),
+            "README.md shows examples/named-checks.yaml (less comments)"
+        );
+    }
+
+    #[test]
     fn a_probe_with_one_handler_has_one_check_named_after_the_probe() {
         let file = parse_document("readinessProbe:\n  guestAgentPing: {}\n").unwrap();
         let checks = file.readiness.unwrap().checks;

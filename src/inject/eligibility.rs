@@ -80,7 +80,12 @@ pub(crate) fn decide(
     if probes.is_empty() {
         return Ok(Eligibility::NoProbes);
     }
-    let probes = probes.join(" and ");
+    probes.sort_by_key(|name| {
+        ProbeKind::ALL
+            .iter()
+            .position(|kind| kind.as_str() == *name)
+    });
+    let probes = listed(&probes);
     let opt_out = &settings.opt_out_annotation;
     for annotations in annotations {
         if annotations.get(opt_out).and_then(Value::as_str) == Some("false") {
@@ -135,6 +140,15 @@ pub(crate) fn decide(
         },
     };
     Ok(Eligibility::Decided(decision))
+}
+
+/// `a`, `a and b`, `a, b and c`: the probes named in a decision or a patch's summary.
+pub(super) fn listed(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first @ .., last] => format!("{} and {last}", first.join(", ")),
+    }
 }
 
 /// The VMI's probes the gateway would answer: `readiness`, `liveness`, or both.

@@ -377,7 +377,7 @@ fn plan(pod: &Value, namespace: &str, settings: &InjectSettings) -> Result<PodOu
         patch: Patch(operations),
         summary: format!(
             "the gateway answers its {} probe on port {port} for domain {domain}, by the {} road",
-            probes.join(" and "),
+            super::eligibility::listed(&probes),
             road.as_str()
         ),
     })

@@ -739,7 +739,7 @@ fn the_annotations_checks_go_to_the_gateway_and_its_probes_to_kubelet() {
     assert!(
         answer
             .detail
-            .contains("its readiness and liveness and startup probe"),
+            .contains("its readiness, liveness and startup probe"),
         "{}",
         answer.detail
     );

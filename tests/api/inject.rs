@@ -411,6 +411,42 @@ async fn the_zero_touch_example_vm_is_told_it_is_taken() {
     );
 }
 
+/// deploy/injector's VM with named checks and a startup probe in the gateway's annotation:
+/// its owner is told all three probes will be answered, and what the webhook will hand the
+/// gateway reads as valid.
+#[tokio::test]
+async fn the_named_checks_example_vm_is_told_it_is_taken_with_its_startup_probe() {
+    let (_ca, _dir, injector) = started(&[]);
+    let path = crate::support::hook::repo().join("deploy/injector/vm-named-checks.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut vm: Value = serde_saphyr::from_str(&text).unwrap();
+    vm["metadata"]["namespace"] = json!("default");
+    let reply = injector
+        .https(
+            "POST",
+            "/mutate",
+            &review_of("kubevirt.io", "VirtualMachine", "CREATE", &vm),
+        )
+        .await;
+    let response = &reply.json()["response"];
+    assert!(response["patch"].is_null(), "a VM is not changed");
+    assert_eq!(
+        response["warnings"],
+        json!([
+            "virt-probe-gateway: its readiness, liveness and startup probe will be answered by the gateway on port 8190, through libvirt"
+        ])
+    );
+    let (code, stdout, stderr) = crate::support::gateway::run_cli(
+        &["validate", "--config", &path.display().to_string()],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("readiness: agent (guestAgentPing, timeout 1s), app (exec"),
+        "{stdout}"
+    );
+}
+
 /// Without cert-manager: scripts/injector-certs.sh's CA and certificate serve HTTPS that a
 /// client verifies as the apiserver does (the CA as caBundle, the Service's DNS name), and
 /// its caBundle patch covers every webhook of deploy/injector/injector.yaml.

@@ -276,6 +276,48 @@ async fn probes_wait_for_the_definition_then_run_the_vmis_checks() {
     assert_eq!(hooked.gateway.get("/ready").await.status, 200);
 }
 
+/// The VMI's annotation with named checks and a startup probe, read at `OnDefineDomain`:
+/// the same probes as from a config file, behind the private channel.
+#[tokio::test]
+async fn the_vmis_named_checks_and_startup_probe_run_in_hook_mode() {
+    let agent = QemuGa::start();
+    let hooked = Hooked::start(&[]);
+    let up = hooked.dir.path().join("app-up");
+    let probes = format!(
+        "checks:\n  agent: {{guestAgentPing: {{}}}}\n  app: {{exec: {{command: [test, -e, {}]}}}}\nreadinessProbe:\n  checks: [agent, app]\nlivenessProbe:\n  checks: [agent]\nstartupProbe:\n  checks: [app]\n  periodSeconds: 1\n  failureThreshold: 600\n",
+        up.display()
+    );
+    let vmi = vmi_with_probes(hooked.dir.path(), Some(&probes));
+    assert_eq!(
+        define(&hooked.socket(), &domain_fixture(), &vmi)["ok"],
+        true
+    );
+    hooked.plug_agent(&agent, false);
+    eventually(
+        "the startup probe's first failure",
+        Duration::from_secs(5),
+        || async {
+            hooked
+                .gateway
+                .get("/started")
+                .await
+                .body
+                .starts_with("starting: app: exec: exit code 1")
+        },
+    )
+    .await;
+    assert_eq!(hooked.gateway.get("/live").await.status, 200, "starting");
+    std::fs::write(&up, "").unwrap();
+    eventually("started", Duration::from_secs(5), || async {
+        hooked.gateway.get("/started").await.status == 200
+    })
+    .await;
+    let reply = hooked.gateway.get("/ready?verbose").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.starts_with("[+]agent ok\n"), "{}", reply.body);
+    assert_eq!(hooked.gateway.get("/ready/app").await.status, 200);
+}
+
 #[tokio::test]
 async fn the_channel_socket_is_found_in_the_shared_layout_of_kubevirt_before_1_6() {
     let agent = QemuGa::start();

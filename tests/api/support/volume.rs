@@ -24,7 +24,10 @@ impl AtomicVolume {
 
     /// [`AtomicVolume::new`] as the directory `dir` (created, readable by every user, as a
     /// volume is to a container's user).
-    #[allow(dead_code, reason = "the libvirt tests' (their gateway runs as another user)")]
+    #[allow(
+        dead_code,
+        reason = "the libvirt tests' (their gateway runs as another user)"
+    )]
     pub fn new_at(dir: &Path, file: &str, content: &str) -> AtomicVolume {
         std::fs::create_dir(dir).expect("the volume's directory");
         AtomicVolume::laid_out(dir.to_path_buf(), None, file, content)
