@@ -383,41 +383,13 @@ async fn sigterm_ends_the_webhook_with_exit_0() {
     assert_eq!(injector.events("stopped").len(), 1);
 }
 
-/// deploy/inject's example VM, as `kubectl apply` sends it: the injector tells its owner
-/// that the gateway will answer its probes.
-#[tokio::test]
-async fn the_zero_touch_example_vm_is_told_it_is_taken() {
+/// The warnings the injector answers deploy/injector's example VM `file` with, as `kubectl
+/// apply` sends it; a VM is never changed.
+async fn warnings_for_example(file: &str) -> Value {
     let (_ca, _dir, injector) = started(&[]);
-    let text = std::fs::read_to_string(
-        crate::support::hook::repo().join("deploy/injector/vm-zero-touch.yaml"),
-    )
-    .unwrap();
-    let mut vm: Value = serde_saphyr::from_str(&text).unwrap();
-    vm["metadata"]["namespace"] = json!("default");
-    let reply = injector
-        .https(
-            "POST",
-            "/mutate",
-            &review_of("kubevirt.io", "VirtualMachine", "CREATE", &vm),
-        )
-        .await;
-    let response = &reply.json()["response"];
-    assert!(response["patch"].is_null(), "a VM is not changed");
-    assert_eq!(
-        response["warnings"],
-        json!([
-            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
-        ])
-    );
-}
-
-/// deploy/injector's VM with named checks and a startup probe in the gateway's annotation:
-/// its owner is told all three probes will be answered, and what the webhook will hand the
-/// gateway reads as valid.
-#[tokio::test]
-async fn the_named_checks_example_vm_is_told_it_is_taken_with_its_startup_probe() {
-    let (_ca, _dir, injector) = started(&[]);
-    let path = crate::support::hook::repo().join("deploy/injector/vm-named-checks.yaml");
+    let path = crate::support::hook::repo()
+        .join("deploy/injector")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut vm: Value = serde_saphyr::from_str(&text).unwrap();
     vm["metadata"]["namespace"] = json!("default");
@@ -430,12 +402,33 @@ async fn the_named_checks_example_vm_is_told_it_is_taken_with_its_startup_probe(
         .await;
     let response = &reply.json()["response"];
     assert!(response["patch"].is_null(), "a VM is not changed");
+    response["warnings"].clone()
+}
+
+/// deploy/inject's example VM: the injector tells its owner that the gateway will answer
+/// its probes.
+#[tokio::test]
+async fn the_zero_touch_example_vm_is_told_it_is_taken() {
     assert_eq!(
-        response["warnings"],
+        warnings_for_example("vm-zero-touch.yaml").await,
+        json!([
+            "virt-probe-gateway: its readiness and liveness probe will be answered by the gateway on port 8190, through libvirt"
+        ])
+    );
+}
+
+/// deploy/injector's VM with named checks and a startup probe in the gateway's annotation:
+/// its owner is told all three probes will be answered, and what the webhook will hand the
+/// gateway reads as valid.
+#[tokio::test]
+async fn the_named_checks_example_vm_is_told_it_is_taken_with_its_startup_probe() {
+    assert_eq!(
+        warnings_for_example("vm-named-checks.yaml").await,
         json!([
             "virt-probe-gateway: its readiness, liveness and startup probe will be answered by the gateway on port 8190, through libvirt"
         ])
     );
+    let path = crate::support::hook::repo().join("deploy/injector/vm-named-checks.yaml");
     let (code, stdout, stderr) = crate::support::gateway::run_cli(
         &["validate", "--config", &path.display().to_string()],
         &[],
