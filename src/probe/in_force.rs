@@ -846,6 +846,80 @@ mod tests {
         );
     }
 
+    /// Both probes pinging, and a startup probe that pings too.
+    fn with_startup(agent: &str) -> CheckSettings {
+        CheckSettings {
+            startup: Some(ProbeSpec {
+                period_seconds: 1,
+                ..ping_of(ProbeKind::Startup, 1)
+            }),
+            ..settings(agent)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_startup_state_outlives_a_reload_and_a_reload_without_it_counts_as_started() {
+        // The agent fails the first two pings: the startup probe counts two failures.
+        let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[false, false]))]);
+        fixture.put(with_startup("a"));
+        let startup = Arc::clone(&fixture.current().startup);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let counted = |state: StartupState| match state {
+            StartupState::Starting { failures, .. } => failures,
+            other => panic!("not starting: {other:?}"),
+        };
+        assert_eq!(counted(startup.state()), 2);
+        // Another readiness check: the same startup, its count kept.
+        let reloaded = CheckSettings {
+            readiness: Some(ping_of(ProbeKind::Readiness, 3)),
+            ..with_startup("a")
+        };
+        fixture.put(reloaded);
+        assert!(Arc::ptr_eq(&startup, &fixture.current().startup));
+        assert_eq!(counted(startup.state()), 2);
+        let held = fixture.current().held(ProbeKind::Readiness).expect("held");
+        assert_eq!(held.standing, Standing::Starting);
+        // The startup probe removed: started, and nothing holds the probes.
+        fixture.put(settings("a"));
+        assert!(matches!(startup.state(), StartupState::Started { .. }));
+        assert!(fixture.current().held(ProbeKind::Readiness).is_none());
+        assert!(
+            fixture.current().started_report().is_none(),
+            "/started is 404 then"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_two_probes_list_has_one_runner_and_a_probe_each() {
+        let fixture = Fixture::new(&[("a", ScriptedAgent::new(&[]))]);
+        let shared = CheckSpec {
+            name: CheckName::parse("agent").unwrap(),
+            handler: Handler::GuestAgentPing,
+            timeout: Duration::from_secs(1),
+        };
+        let probe = ProbeSpec {
+            checks: vec![shared],
+            ..ping_of(ProbeKind::Readiness, 1)
+        };
+        fixture.put(CheckSettings {
+            readiness: Some(probe.clone()),
+            liveness: Some(probe),
+            ..settings("a")
+        });
+        let set = fixture.current();
+        assert_eq!(set.runners.len(), 1);
+        let (readiness, liveness) = (
+            set.probe_check(ProbeKind::Readiness, &CheckName::parse("agent").unwrap()),
+            set.probe_check(ProbeKind::Liveness, &CheckName::parse("agent").unwrap()),
+        );
+        let (readiness, liveness) = (readiness.unwrap(), liveness.unwrap());
+        assert!(Arc::ptr_eq(readiness.runner(), liveness.runner()));
+        assert!(
+            !Arc::ptr_eq(readiness, liveness),
+            "each probe judges it its way"
+        );
+    }
+
     #[test]
     fn what_a_set_kept_reads_as_a_list_for_the_logs() {
         let kept = Kept {

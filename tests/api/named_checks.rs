@@ -328,3 +328,61 @@ fn validate_names_each_mistake_in_named_checks_with_its_path() {
         assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
     }
 }
+
+/// In background mode each named check has its own loop and threshold counts on the
+/// probe's schedule: the probe passes while each check does, and `/ready/<name>` and
+/// `?exclude=` read the same states, at once.
+#[tokio::test]
+async fn in_background_mode_each_check_keeps_its_own_thresholds() {
+    let agent = QemuGa::start();
+    let guest = Guest::of(&agent);
+    guest.touch("app-up");
+    guest.touch("disk-ok");
+    let config = format!(
+        "mode: background\n{}",
+        three_checks(&guest).replace(
+            "readinessProbe:\n  checks: [agent, app, disk]\n",
+            "readinessProbe:\n  checks: [agent, app, disk]\n  periodSeconds: 1\n  failureThreshold: 2\n",
+        )
+    );
+    let gateway = Gateway::start(&config, agent.socket());
+    crate::support::eventually("readiness passes", Duration::from_secs(5), || async {
+        gateway.get("/ready").await.status == 200
+    })
+    .await;
+    std::fs::remove_file(guest.path("disk-ok")).unwrap();
+    // One failure of disk is counted but does not flip it (failureThreshold 2).
+    crate::support::eventually("disk's first failure", Duration::from_secs(5), || async {
+        let (_, report) = gateway.report("/ready/disk").await;
+        report["consecutiveFailures"] == 1
+    })
+    .await;
+    let (status, report) = gateway.report("/ready").await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().starts_with(
+            "disk: exec: exit code 1 (failure 1 of failureThreshold 2: still passing)"
+        ),
+        "{report}"
+    );
+    crate::support::eventually("disk fails", Duration::from_secs(5), || async {
+        gateway.get("/ready").await.status == 503
+    })
+    .await;
+    let (status, disk) = gateway.report("/ready/disk").await;
+    assert_eq!(status, 503);
+    assert_eq!(disk["mode"], "background");
+    assert!(disk["consecutiveFailures"].as_u64() >= Some(2), "{disk}");
+    let (status, app) = gateway.report("/ready/app").await;
+    assert_eq!(
+        (status, app["consecutiveFailures"].as_u64()),
+        (200, Some(0))
+    );
+    assert_eq!(gateway.get("/ready?exclude=disk").await.status, 200);
+    // The answers are the loops' states: no request runs a check.
+    let runs = guest.runs("app");
+    for _ in 0..20 {
+        gateway.get("/ready").await;
+    }
+    assert!(guest.runs("app") <= runs + 1, "at most the loop's own run");
+}

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::gateway::{LibvirtGateway, SECOND, libvirt_binary};
 use crate::session::session_with_domain;
+use crate::volume::{AtomicVolume, downward_api_annotations};
 use crate::webhook::{
     IMAGE, Injector, TestCa, apply_patch, fixture, review_of, write_secret_volume,
 };
@@ -167,6 +168,114 @@ async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_t
     assert_eq!(gateway.raw_lines(), Vec::<String>::new());
 }
 
+/// A VM whose template carries the gateway's annotation (three named checks, a startup
+/// probe) through the injector: the patched pod's gateway, run as its container says with
+/// its downward API volume of the pod's annotations (laid out and updated as kubelet does),
+/// answers kubelet's startup, readiness and liveness probes through libvirt, and a
+/// maintenance annotation arriving in that volume pauses them.
+#[tokio::test]
+async fn an_injected_gateway_runs_the_annotations_named_checks_startup_and_pause() {
+    let test = "an_injected_gateway_runs_the_annotations_named_checks_startup_and_pause";
+    let Some((libvirt, mut domain)) = session_with_domain(test, "default_vm-named").await else {
+        return;
+    };
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = write_secret_volume(certs.path(), &ca.serving());
+    let injector = Injector::start(&ca, &cert, &key, &["--image", IMAGE]);
+    let mut pod = launcher_pod_for("vm-named");
+    let annotation = "checks:\n  agent: {guestAgentPing: {}, timeoutSeconds: 2}\n  app: {exec: {command: [test, -e, /tmp/app-up]}, timeoutSeconds: 2}\n  disk: {exec: {command: [test, -w, /tmp]}, timeoutSeconds: 2}\nreadinessProbe:\n  checks: [agent, app, disk]\n  periodSeconds: 2\nstartupProbe:\n  checks: [app]\n  periodSeconds: 1\n  failureThreshold: 600\n";
+    pod["metadata"]["annotations"]["probe-gateway.kubevirt.io/probes"] = json!(annotation);
+    let reply = injector
+        .https("POST", "/mutate", &review_of("", "Pod", "CREATE", &pod))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let patched = apply_patch(&pod, &reply.json()["response"]);
+    let container = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "probe-gateway")
+        .cloned()
+        .expect("the injected container");
+    // The pod's annotations as kubelet writes the downward API volume the patch added,
+    // where the container's environment says it is mounted.
+    let mut env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let annotations_of = |extra: &[(&str, &str)]| {
+        let mut all: Vec<(&str, &str)> = vec![
+            ("kubevirt.io/domain", "vm-named"),
+            ("probe-gateway.kubevirt.io/probes", annotation),
+        ];
+        all.extend_from_slice(extra);
+        downward_api_annotations(&all)
+    };
+    let mut podinfo = AtomicVolume::new_at(
+        &libvirt.dir().join("podinfo"),
+        "annotations",
+        &annotations_of(&[]),
+    );
+    for (name, value) in &mut env {
+        if name == "PROBE_GATEWAY_POD_ANNOTATIONS" {
+            assert_eq!(value, "/etc/probe-gateway/pod/annotations");
+            *value = podinfo.path().display().to_string();
+        }
+    }
+    let uri = libvirt.uri();
+    let mut run_env: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run_env.push(("PROBE_GATEWAY_LIBVIRT_URI", &uri));
+    run_env.push(("HOME", "/"));
+    let unset = ["XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
+    let gateway = LibvirtGateway::spawn_without(&libvirt, &libvirt_binary(), &[], &run_env, &unset);
+    let address = gateway.address;
+
+    let compute = &patched["spec"]["containers"][0];
+    let startup = KubeletProbe::of(&compute["startupProbe"]);
+    let readiness = KubeletProbe::of(&compute["readinessProbe"]);
+    let liveness = KubeletProbe::of(&compute["livenessProbe"]);
+    assert_eq!(
+        (startup.path.as_str(), readiness.timeout, readiness.period),
+        ("/started", 3 * SECOND, 2 * SECOND),
+        "the startup probe, and readiness on the annotation's schedule"
+    );
+    // Starting: the app is not up in the guest.
+    let body = startup.until(address, 503, 30 * SECOND).await;
+    assert!(body.starts_with("starting: "), "{body}");
+    liveness.until(address, 200, 30 * SECOND).await;
+    domain.control.sh("touch /tmp/app-up").await;
+    startup.until(address, 200, 10 * SECOND).await;
+    readiness.until(address, 200, 10 * SECOND).await;
+    domain.control.sh("rm /tmp/app-up").await;
+    let body = readiness.until(address, 503, 10 * SECOND).await;
+    assert_eq!(body, "app: exec: exit code 1\n");
+    // The maintenance annotation arrives by kubelet's swap of the volume.
+    podinfo.update(&annotations_of(&[(
+        "probe-gateway.kubevirt.io/maintenance",
+        "updates",
+    )]));
+    let status = readiness
+        .until_body(address, "paused for maintenance (updates)\n", 10 * SECOND)
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(liveness.fetch(address).await, (200, "ok\n".to_string()));
+    podinfo.update(&annotations_of(&[]));
+    let status = readiness
+        .until_body(address, "app: exec: exit code 1\n", 10 * SECOND)
+        .await;
+    assert_eq!(status, 503, "the checks run again");
+    assert_eq!(gateway.raw_lines(), Vec::<String>::new());
+}
+
 /// A probe of the patched compute container, fetched as kubelet fetches it: a new
 /// connection per probe, `User-Agent: kube-probe/<major>.<minor>`, `Accept: */*`, the
 /// probe's `timeoutSeconds` over the whole request, at most 10 KiB of body read.
@@ -212,6 +321,23 @@ impl KubeletProbe {
                 (status, String::from_utf8_lossy(body).into_owned())
             }
             Err(error) => (0, error.to_string()),
+        }
+    }
+
+    /// Fetches until the body is `body`, within `limit`; the status then.
+    async fn until_body(&self, address: SocketAddr, body: &str, limit: Duration) -> u16 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, got) = self.fetch(address).await;
+            if got == body {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still {status} {got:?} after {limit:?}",
+                self.path
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
