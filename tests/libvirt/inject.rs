@@ -28,6 +28,42 @@ fn launcher_pod_for(vmi: &str) -> Value {
     pod
 }
 
+/// `pod` reviewed by a webhook over HTTPS: the patched pod, and its gateway container.
+async fn injected(pod: &Value) -> (Value, Value) {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = write_secret_volume(certs.path(), &ca.serving());
+    let injector = Injector::start(&ca, &cert, &key, &["--image", IMAGE]);
+    let reply = injector
+        .https("POST", "/mutate", &review_of("", "Pod", "CREATE", pod))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let patched = apply_patch(pod, &reply.json()["response"]);
+    let container = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "probe-gateway")
+        .cloned()
+        .expect("the injected container");
+    (patched, container)
+}
+
+/// The container's environment, as (name, value).
+fn environment(container: &Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_through_libvirt() {
     let test =
@@ -36,23 +72,8 @@ async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_t
         return;
     };
 
-    let ca = TestCa::new();
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = write_secret_volume(certs.path(), &ca.serving());
-    let injector = Injector::start(&ca, &cert, &key, &["--image", IMAGE]);
     let pod = launcher_pod_for("vm-inject");
-    let reply = injector
-        .https("POST", "/mutate", &review_of("", "Pod", "CREATE", &pod))
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let patched = apply_patch(&pod, &reply.json()["response"]);
-    let container = patched["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "probe-gateway")
-        .cloned()
-        .expect("the injected container");
+    let (patched, container) = injected(&pod).await;
 
     // The container as the patch wrote it.
     assert_eq!(
@@ -64,17 +85,7 @@ async fn an_injected_gateway_run_as_its_container_says_answers_kubelets_probes_t
         json!(["serve", "--listen", "[::]:8190", "--log-format", "json"])
     );
     assert_eq!(container["securityContext"]["runAsUser"], 107);
-    let env: Vec<(String, String)> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let env = environment(&container);
     // Run so: its environment; the daemon's socket is where this session put it (in the
     // pod, the default: /var/run/libvirt/virtqemud-sock on the libvirt-runtime volume);
     // HOME is what a container of a user without a passwd entry gets, "/", not writable.
@@ -179,38 +190,13 @@ async fn an_injected_gateway_runs_the_annotations_named_checks_startup_and_pause
     let Some((libvirt, mut domain)) = session_with_domain(test, "default_vm-named").await else {
         return;
     };
-    let ca = TestCa::new();
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = write_secret_volume(certs.path(), &ca.serving());
-    let injector = Injector::start(&ca, &cert, &key, &["--image", IMAGE]);
     let mut pod = launcher_pod_for("vm-named");
     let annotation = "checks:\n  agent: {guestAgentPing: {}, timeoutSeconds: 2}\n  app: {exec: {command: [test, -e, /tmp/app-up]}, timeoutSeconds: 2}\n  disk: {exec: {command: [test, -w, /tmp]}, timeoutSeconds: 2}\nreadinessProbe:\n  checks: [agent, app, disk]\n  periodSeconds: 2\nstartupProbe:\n  checks: [app]\n  periodSeconds: 1\n  failureThreshold: 600\n";
     pod["metadata"]["annotations"]["probe-gateway.kubevirt.io/probes"] = json!(annotation);
-    let reply = injector
-        .https("POST", "/mutate", &review_of("", "Pod", "CREATE", &pod))
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let patched = apply_patch(&pod, &reply.json()["response"]);
-    let container = patched["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "probe-gateway")
-        .cloned()
-        .expect("the injected container");
+    let (patched, container) = injected(&pod).await;
     // The pod's annotations as kubelet writes the downward API volume the patch added,
     // where the container's environment says it is mounted.
-    let mut env: Vec<(String, String)> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap().to_string(),
-                e["value"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let mut env = environment(&container);
     let annotations_of = |extra: &[(&str, &str)]| {
         let mut all: Vec<(&str, &str)> = vec![
             ("kubevirt.io/domain", "vm-named"),
