@@ -43,9 +43,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve /ready, /live and /healthz over HTTP.
+    /// Serve /ready, /live, /started and /healthz over HTTP.
     Serve(ServeArgs),
-    /// Run one check once and exit 0 (passed) or 1 (failed); 2 if it is not configured.
+    /// Run one probe's checks once and exit 0 (all passed) or 1 (failed); 2 if it is not configured.
     Check(CheckArgs),
     /// Validate a config file (or VM manifest) and print a one-line summary.
     Validate(ValidateArgs),
